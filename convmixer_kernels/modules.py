@@ -1,0 +1,196 @@
+"""FusedMixerBlock, the drop-in ConvMixer, and the module swap for models built elsewhere.
+
+FusedMixerBlock keeps its parameters in an inner `fn = Sequential(Conv2d, act, BatchNorm2d)`
+exactly as the Residual blocks of the official code, timm and mmpretrain do, so state_dicts
+move between them unchanged and a swap only replaces the Residual wrapper.
+"""
+
+from typing import Optional
+
+import torch
+from torch import Tensor, nn
+
+from .ops import mixer_block
+from .reference import (
+    ACTIVATIONS,
+    MAX_KERNEL_SIZE,
+    Residual,
+    activation_module,
+    activation_name,
+    plain_mixer_block,
+)
+
+
+class FusedMixerBlock(nn.Module):
+    """x + BatchNorm2d(act(depthwise Conv2d(x))) in one fused op.
+
+    State-dict keys: fn.0.weight, fn.0.bias, fn.2.weight, fn.2.bias, fn.2.running_mean,
+    fn.2.running_var, fn.2.num_batches_tracked.
+    """
+
+    def __init__(self, dim: int, kernel_size: int, activation: str = "gelu", backend: str = "auto"):
+        super().__init__()
+        self.fn = plain_mixer_block(dim, kernel_size, activation).fn
+        self.backend = backend
+
+    @classmethod
+    def from_sequential(cls, fn: nn.Sequential, backend: str = "auto") -> "FusedMixerBlock":
+        """Wraps an existing Conv2d -> act -> BatchNorm2d Sequential, sharing its modules."""
+        reason = why_not_mixer_sequential(fn)
+        if reason is not None:
+            raise ValueError(f"FusedMixerBlock.from_sequential: {reason}")
+        block = cls.__new__(cls)
+        nn.Module.__init__(block)
+        block.fn = fn
+        block.backend = backend
+        return block
+
+    @property
+    def activation(self) -> str:
+        return activation_name(self.fn[1])
+
+    def forward(self, x: Tensor) -> Tensor:
+        conv, bn = self.fn[0], self.fn[2]
+        # BatchNorm2d's own rules for momentum, num_batches_tracked and which statistics.
+        momentum = 0.0 if bn.momentum is None else bn.momentum
+        if self.training and bn.track_running_stats and bn.num_batches_tracked is not None:
+            bn.num_batches_tracked.add_(1)
+            if bn.momentum is None:
+                momentum = 1.0 / float(bn.num_batches_tracked)
+        use_running = not self.training or bn.track_running_stats
+        return mixer_block(
+            x,
+            conv.weight,
+            conv.bias,
+            bn.weight,
+            bn.bias,
+            bn.running_mean if use_running else None,
+            bn.running_var if use_running else None,
+            training=self.training,
+            momentum=momentum,
+            eps=bn.eps,
+            activation=self.activation,
+            backend=self.backend,
+        )
+
+    def extra_repr(self) -> str:
+        return f"activation={self.activation!r}, backend={self.backend!r}"
+
+
+def why_not_mixer_sequential(fn: nn.Module) -> Optional[str]:
+    """None if `fn` is Sequential(depthwise 'same' Conv2d, supported act, BatchNorm2d);
+    otherwise what differs."""
+    if not isinstance(fn, nn.Sequential) or len(fn) != 3:
+        return "expected nn.Sequential(Conv2d, activation, BatchNorm2d)"
+    conv, act, bn = fn
+    if type(conv) is not nn.Conv2d:
+        return f"fn[0] must be nn.Conv2d, got {type(conv).__name__}"
+    k = conv.kernel_size
+    if not (conv.in_channels == conv.out_channels == conv.groups):
+        return "fn[0] must be depthwise (groups == in_channels == out_channels)"
+    if k[0] != k[1] or not 1 <= k[0] <= MAX_KERNEL_SIZE:
+        return f"fn[0] kernel must be square with size in [1, {MAX_KERNEL_SIZE}], got {k}"
+    if conv.stride != (1, 1) or conv.dilation != (1, 1) or conv.padding_mode != "zeros":
+        return "fn[0] must have stride 1, dilation 1 and zero padding"
+    # An integer padding is 'same' only for odd k (k // 2 on both sides).
+    if conv.padding != "same" and not (k[0] % 2 == 1 and conv.padding == (k[0] // 2, k[0] // 2)):
+        return f"fn[0] padding must be 'same', got {conv.padding}"
+    if activation_name(act) is None:
+        return f"fn[1] must be one of nn.GELU, nn.ReLU, nn.SiLU (activations {ACTIVATIONS}), got {type(act).__name__}"
+    if type(bn) is not nn.BatchNorm2d:
+        return f"fn[2] must be nn.BatchNorm2d, got {type(bn).__name__}"
+    if bn.num_features != conv.out_channels:
+        return "fn[2] must have the conv's channel count"
+    return None
+
+
+def _is_residual_mixer(module: nn.Module) -> bool:
+    # The official code, timm and mmpretrain each define a class named Residual whose
+    # forward is fn(x) + x; the name and the shape of fn identify the block.
+    return (
+        type(module).__name__ == "Residual"
+        and isinstance(getattr(module, "fn", None), nn.Module)
+        and why_not_mixer_sequential(module.fn) is None
+    )
+
+
+def swap_mixer_blocks(model: nn.Module, backend: str = "auto") -> int:
+    """Replaces, in place, every Residual(Conv2d depthwise 'same' -> act -> BatchNorm2d)
+    in `model` by a FusedMixerBlock sharing its modules; returns how many it swapped.
+    Parameters, buffers and state_dict keys are unchanged."""
+    swapped = 0
+    for parent in list(model.modules()):
+        for child_name, child in list(parent.named_children()):
+            if _is_residual_mixer(child):
+                setattr(parent, child_name, FusedMixerBlock.from_sequential(child.fn, backend))
+                swapped += 1
+    return swapped
+
+
+def unswap_mixer_blocks(model: nn.Module) -> int:
+    """Turns every FusedMixerBlock in `model` back into a plain Residual(fn), in place (for
+    export or eager debugging); returns how many."""
+    restored = 0
+    for parent in list(model.modules()):
+        for child_name, child in list(parent.named_children()):
+            if isinstance(child, FusedMixerBlock):
+                setattr(parent, child_name, Residual(child.fn))
+                restored += 1
+    return restored
+
+
+class ConvMixer(nn.Module):
+    """ConvMixer (Trockman & Kolter, arXiv 2201.09792) with timm's state_dict keys:
+    stem.0, stem.2, blocks.{i}.0.fn.0, blocks.{i}.0.fn.2, blocks.{i}.1, blocks.{i}.3, head.
+
+    fused=False builds the plain eager model (reference.Residual blocks)."""
+
+    def __init__(
+        self,
+        dim: int,
+        depth: int,
+        kernel_size: int = 9,
+        patch_size: int = 7,
+        in_chans: int = 3,
+        num_classes: int = 1000,
+        activation: str = "gelu",
+        fused: bool = True,
+        backend: str = "auto",
+    ):
+        super().__init__()
+        self.num_features = dim
+        self.num_classes = num_classes
+        self.stem = nn.Sequential(
+            nn.Conv2d(in_chans, dim, kernel_size=patch_size, stride=patch_size),
+            activation_module(activation),
+            nn.BatchNorm2d(dim),
+        )
+
+        def mixer():
+            if fused:
+                return FusedMixerBlock(dim, kernel_size, activation, backend)
+            return plain_mixer_block(dim, kernel_size, activation)
+
+        self.blocks = nn.Sequential(
+            *[
+                nn.Sequential(
+                    mixer(),
+                    nn.Conv2d(dim, dim, kernel_size=1),
+                    activation_module(activation),
+                    nn.BatchNorm2d(dim),
+                )
+                for _ in range(depth)
+            ]
+        )
+        self.pooling = nn.AdaptiveAvgPool2d(1)
+        self.head = nn.Linear(dim, num_classes) if num_classes > 0 else nn.Identity()
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        return self.blocks(self.stem(x))
+
+    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        x = torch.flatten(self.pooling(x), 1)
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.forward_head(self.forward_features(x))

@@ -1,0 +1,119 @@
+"""The backends of the mixer_block op and how "auto" picks one.
+
+A backend is a module (or object) with three pass functions, all taking inputs already
+normalized by ops/mixer_block.py (x dense NCHW or channels_last, conv weight contiguous in
+x's dtype, BN vectors contiguous in the accumulation dtype):
+
+    forward_eval(x, weight, bias, gamma, beta, running_mean, running_var, eps, activation) -> y
+    forward_train(x, weight, bias, gamma, beta, eps, activation) -> (y, mean, biased var)
+    backward(grad_out, x, weight, bias, gamma, mean, var, eps, batch_stats, activation)
+        -> (dx, dweight, dbias, dgamma, dbeta)   # the last four in the accumulation dtype
+
+and why_unavailable(device, dtype) -> None, or a sentence saying why it cannot run there.
+"""
+
+import importlib
+import os
+import warnings
+from typing import Dict, List, Optional
+
+import torch
+
+from .. import _extension
+
+BACKEND_NAMES = ("cuda", "triton", "cpu", "eager")
+
+# Fastest first, per device type; "auto" takes the first available one.
+_AUTO_ORDER = {"cuda": ("cuda", "triton"), "cpu": ("cpu",)}
+
+
+class CompiledBackend:
+    """The C++ kernels of convmixer_kernels._C (csrc/cpu or csrc/cuda), one per device type."""
+
+    def __init__(self, device_type: str):
+        self.device_type = device_type
+
+    def why_unavailable(self, device: torch.device, dtype: torch.dtype) -> Optional[str]:
+        if device.type != self.device_type:
+            return f"the {self.device_type} backend runs on {self.device_type} tensors, not {device.type}"
+        if self.device_type == "cuda":
+            reason = _extension.cuda_missing_reason()
+            if reason is None and dtype == torch.float64:
+                reason = "the cuda kernels support float32, float16 and bfloat16, not float64"
+            return reason
+        return _extension.load_error()
+
+    def forward_eval(self, *args):
+        return torch.ops.convmixer_kernels.fused_forward_eval(*args)
+
+    def forward_train(self, *args):
+        return torch.ops.convmixer_kernels.fused_forward_train(*args)
+
+    def backward(self, *args):
+        return torch.ops.convmixer_kernels.fused_backward(*args)
+
+
+_MODULES = {"eager": "convmixer_kernels.ops.eager", "triton": "convmixer_kernels.triton.backend"}
+_COMPILED = {"cpu": CompiledBackend("cpu"), "cuda": CompiledBackend("cuda")}
+
+
+def get_backend(name: str):
+    if name in _COMPILED:
+        return _COMPILED[name]
+    if name in _MODULES:
+        try:
+            return importlib.import_module(_MODULES[name])
+        except ImportError as exc:
+            raise RuntimeError(f"mixer_block: backend {name!r} could not be imported: {exc}") from exc
+    raise ValueError(f"mixer_block: backend must be 'auto' or one of {BACKEND_NAMES}, got {name!r}")
+
+
+def why_unavailable(name: str, device: torch.device, dtype: torch.dtype) -> Optional[str]:
+    try:
+        backend = get_backend(name)
+    except RuntimeError as exc:
+        return str(exc)
+    return backend.why_unavailable(device, dtype)
+
+
+def available_backends(device="cpu", dtype: torch.dtype = torch.float32) -> List[str]:
+    """The backends that can run the mixer block on `device` for `dtype`, fastest first."""
+    device = torch.device(device)
+    order = _AUTO_ORDER.get(device.type, ()) + ("eager",)
+    return [name for name in order if why_unavailable(name, device, dtype) is None]
+
+
+def unavailable_backends(device="cpu", dtype: torch.dtype = torch.float32) -> Dict[str, str]:
+    """Each backend that cannot run on `device`, with the reason."""
+    device = torch.device(device)
+    reasons = {name: why_unavailable(name, device, dtype) for name in BACKEND_NAMES}
+    return {name: why for name, why in reasons.items() if why is not None}
+
+
+_warned_fallback = set()
+
+
+def resolve(name: str, device: torch.device, dtype: torch.dtype) -> str:
+    """The concrete backend for a call: `name` itself after checking it can run, or the
+    fastest available one for "auto" (warning once when that is the eager fallback)."""
+    if name != "auto":
+        reason = why_unavailable(name, device, dtype)
+        if reason is not None:
+            raise RuntimeError(f"mixer_block: backend {name!r} cannot run here: {reason}")
+        return name
+    for candidate in _AUTO_ORDER.get(device.type, ()):
+        if why_unavailable(candidate, device, dtype) is None:
+            return candidate
+    key = (device.type, dtype)
+    if key not in _warned_fallback and not os.environ.get("CONVMIXER_KERNELS_QUIET_FALLBACK"):
+        _warned_fallback.add(key)
+        reasons = "; ".join(
+            f"{n}: {why}" for n, why in unavailable_backends(device, dtype).items() if n != "eager"
+        )
+        warnings.warn(
+            f"convmixer_kernels: no fused backend for {device.type} {dtype} ({reasons}); "
+            "using the slow eager backend",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    return "eager"

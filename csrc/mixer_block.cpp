@@ -1,0 +1,95 @@
+// The op schema of the fused mixer-block kernels and their CPU registration.
+//
+// These are the kernel-level ops, one per pass group; the Python package wraps them in
+// the user-facing custom ops (autograd, backend choice, autocast, running-stat update).
+#include <torch/extension.h>
+#include <torch/library.h>
+
+#include "bindings_common.h"
+#include "cpu/mixer_block_cpu.h"
+
+namespace convmixer_kernels {
+namespace {
+
+#define CMK_DISPATCH_FLOATING(dtype, name, ...)                                              \
+  [&] {                                                                                      \
+    switch (dtype) {                                                                         \
+      case at::kFloat: { using scalar_t = float; return __VA_ARGS__(); }                    \
+      case at::kDouble: { using scalar_t = double; return __VA_ARGS__(); }                  \
+      case at::kBFloat16: { using scalar_t = c10::BFloat16; return __VA_ARGS__(); }         \
+      case at::kHalf: { using scalar_t = c10::Half; return __VA_ARGS__(); }                 \
+      default: TORCH_CHECK(false, name, ": unsupported dtype ", dtype);                      \
+    }                                                                                        \
+  }()
+
+at::Tensor forward_eval_cpu(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
+                            const c10::optional<at::Tensor>& gamma, const c10::optional<at::Tensor>& beta,
+                            const at::Tensor& running_mean, const at::Tensor& running_var, double eps,
+                            c10::string_view activation) {
+  auto call = prepare_forward(x, weight, bias, gamma, beta, running_mean, running_var, eps,
+                              std::string(activation), /*training=*/false);
+  CMK_DISPATCH_FLOATING(x.scalar_type(), "fused_forward_eval",
+                        [&] { cpu::forward_eval<scalar_t>(call.params); });
+  return call.y;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_train_cpu(
+    const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
+    const c10::optional<at::Tensor>& gamma, const c10::optional<at::Tensor>& beta, double eps,
+    c10::string_view activation) {
+  auto call = prepare_forward(x, weight, bias, gamma, beta, c10::nullopt, c10::nullopt, eps,
+                              std::string(activation), /*training=*/true);
+  CMK_DISPATCH_FLOATING(x.scalar_type(), "fused_forward_train",
+                        [&] { cpu::forward_train<scalar_t>(call.params); });
+  return {call.y, call.mean, call.var};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_cpu(
+    const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& weight,
+    const c10::optional<at::Tensor>& bias, const c10::optional<at::Tensor>& gamma, const at::Tensor& mean,
+    const at::Tensor& var, double eps, bool batch_stats, c10::string_view activation) {
+  auto call = prepare_backward(grad_out, x, weight, bias, gamma, mean, var, eps, batch_stats,
+                               std::string(activation));
+  CMK_DISPATCH_FLOATING(x.scalar_type(), "fused_backward", [&] { cpu::backward<scalar_t>(call.params); });
+  return {call.dx, call.dweight, call.dbias, call.dgamma, call.dbeta};
+}
+
+}  // namespace
+
+TORCH_LIBRARY(convmixer_kernels, m) {
+  // y = x + BN(act(dwconv(x) + bias)) with BN frozen at (running_mean, running_var).
+  m.def(
+      "fused_forward_eval(Tensor x, Tensor weight, Tensor? bias, Tensor? gamma, Tensor? beta, "
+      "Tensor running_mean, Tensor running_var, float eps, str activation) -> Tensor");
+  // The same with batch statistics; returns (y, batch mean, biased batch variance).
+  m.def(
+      "fused_forward_train(Tensor x, Tensor weight, Tensor? bias, Tensor? gamma, Tensor? beta, "
+      "float eps, str activation) -> (Tensor, Tensor, Tensor)");
+  // Returns (dx, dweight, dbias, dgamma, dbeta); the last four in the accumulation dtype.
+  m.def(
+      "fused_backward(Tensor grad_out, Tensor x, Tensor weight, Tensor? bias, Tensor? gamma, "
+      "Tensor mean, Tensor var, float eps, bool batch_stats, str activation) "
+      "-> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(convmixer_kernels, CPU, m) {
+  m.impl("fused_forward_eval", &forward_eval_cpu);
+  m.impl("fused_forward_train", &forward_train_cpu);
+  m.impl("fused_backward", &backward_cpu);
+}
+
+}  // namespace convmixer_kernels
+
+#ifndef CONVMIXER_KERNELS_CUDA_ARCH_LIST
+#define CONVMIXER_KERNELS_CUDA_ARCH_LIST ""
+#endif
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "convmixer_kernels compiled kernels; the ops live in torch.ops.convmixer_kernels";
+#ifdef CONVMIXER_KERNELS_WITH_CUDA
+  m.attr("cuda_compiled") = true;
+#else
+  m.attr("cuda_compiled") = false;
+#endif
+  m.attr("cuda_archs") = CONVMIXER_KERNELS_CUDA_ARCH_LIST;
+}
