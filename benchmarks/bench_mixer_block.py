@@ -1,0 +1,247 @@
+"""Benchmark of the mixer block x + BN(act(dwconv(x))): the fused backends against eager
+NCHW, eager channels_last and torch.compile, measured in the same run.
+
+    python benchmarks/bench_mixer_block.py                 # default shapes on this machine's device
+    python benchmarks/bench_mixer_block.py --device cuda   # GPU mode: CUDA events, rotated inputs
+
+Each (mode, backend, dtype, layout, shape, k) appends one CSV row to
+benchmarks/results/<device>.csv; the markdown table benchmarks/results/<device>.md is
+rebuilt from the CSV (benchmarks/plot_results.py draws the PNGs). Timings are the median
+(with p20, p80) of many runs after warm-up. GB/s counts compulsory traffic only: one read
+of x and one write of y (eval forward); plus one read of dy and one write of dx (training
+forward+backward); `frac_copy` divides it by the copy bandwidth measured in the same run.
+"""
+
+import argparse
+import copy
+import datetime
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import convmixer_kernels as cmk  # noqa: E402
+from convmixer_kernels.reference import plain_mixer_block  # noqa: E402
+from results_table import append_rows, write_markdown  # noqa: E402
+
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{cpu} ({torch.get_num_threads()} threads)"
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], text=True,
+                                       stderr=subprocess.DEVNULL).strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+class Timer:
+    """Median/p20/p80 in ms of `fn(i)` over `repeats` runs after `warmup` runs; i picks
+    one of several input sets so a GPU run does not find its input in L2."""
+
+    def __init__(self, device: torch.device, warmup: int, repeats: int):
+        self.device, self.warmup, self.repeats = device, warmup, repeats
+
+    def __call__(self, fn):
+        for i in range(self.warmup):
+            fn(i)
+        times = []
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+            for i in range(self.repeats):
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                fn(i)
+                end.record()
+                end.synchronize()
+                times.append(start.elapsed_time(end))
+        else:
+            for i in range(self.repeats):
+                t0 = time.perf_counter()
+                fn(i)
+                times.append((time.perf_counter() - t0) * 1e3)
+        times.sort()
+        q = statistics.quantiles(times, n=5) if len(times) >= 5 else [times[0]] * 4
+        return statistics.median(times), q[0], q[3]
+
+
+def copy_bandwidth(device: torch.device, timer: Timer) -> float:
+    """GB/s of a large device-to-device copy (read + write), the ceiling for this op."""
+    numel = (512 if device.type == "cuda" else 64) * 2**20 // 4
+    src = torch.randn(numel, device=device)
+    dst = torch.empty_like(src)
+    ms, _, _ = timer(lambda i: dst.copy_(src))
+    return 2 * src.numel() * 4 / (ms * 1e-3) / 1e9
+
+
+def saved_bytes(fn) -> int:
+    """Bytes autograd keeps for backward while fn() runs (deduplicated by storage)."""
+    storages = {}
+
+    def pack(t):
+        storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return sum(storages.values())
+
+
+def make_candidates(args, device, dim, k, dtype):
+    """(name, layout) -> module for every contender of one shape."""
+    torch.manual_seed(0)
+    plain = plain_mixer_block(dim, k, args.activation).to(device=device, dtype=dtype)
+    candidates = {}
+    for layout in args.layouts:
+        candidates[("eager", layout)] = plain
+        candidates[("compile", layout)] = torch.compile(copy.deepcopy(plain))
+        if args.max_autotune:
+            candidates[("compile-max-autotune", layout)] = torch.compile(copy.deepcopy(plain), mode="max-autotune")
+        for backend in args.backends:
+            if backend not in cmk.available_backends(device, dtype):
+                print(f"  skip backend {backend}: {cmk.unavailable_backends(device, dtype).get(backend)}")
+                continue
+            fused = cmk.FusedMixerBlock.from_sequential(copy.deepcopy(plain).fn, backend=backend)
+            candidates[(backend, layout)] = fused
+    return candidates
+
+
+def run_shape(args, device, timer, copy_gbps, batch, dim, size, k, dtype_name):
+    dtype = DTYPES[dtype_name]
+    rows = []
+    inputs = {}
+    for layout in args.layouts:
+        fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+        xs = [torch.randn(batch, dim, size, size, device=device, dtype=dtype).contiguous(memory_format=fmt)
+              for _ in range(args.rotate)]
+        dys = [torch.randn_like(x) for x in xs]
+        inputs[layout] = (xs, dys)
+    act_bytes = batch * dim * size * size * torch.finfo(dtype).bits // 8
+    for (name, layout), module in make_candidates(args, device, dim, k, dtype).items():
+        xs, dys = inputs[layout]
+        for mode in args.modes:
+            if mode == "eval":
+                module.eval()
+
+                def fn(i):
+                    with torch.no_grad():
+                        module(xs[i % len(xs)])
+                compulsory = 2 * act_bytes
+                saved = 0
+            else:
+                module.train()
+                xs_grad = [x.detach().requires_grad_() for x in xs]
+
+                def fn(i):
+                    module(xs_grad[i % len(xs)]).backward(dys[i % len(dys)])
+                compulsory = 4 * act_bytes
+                saved = saved_bytes(lambda: module(xs_grad[0]))
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+                torch.cuda.reset_peak_memory_stats()
+                base = torch.cuda.memory_allocated()
+            median, p20, p80 = timer(fn)
+            peak = torch.cuda.max_memory_allocated() - base if device.type == "cuda" else ""
+            gbps = compulsory / (median * 1e-3) / 1e9
+            rows.append(dict(
+                op="mixer_block", mode="eval_fwd" if mode == "eval" else "train_fwd_bwd", backend=name,
+                dtype=dtype_name, layout=layout, shape=f"{batch}x{dim}x{size}x{size}", k=k,
+                activation=args.activation, median_ms=f"{median:.4f}", p20_ms=f"{p20:.4f}", p80_ms=f"{p80:.4f}",
+                gbps=f"{gbps:.1f}", frac_copy=f"{gbps / copy_gbps:.3f}", copy_gbps=f"{copy_gbps:.1f}",
+                peak_mem_bytes=peak, saved_for_backward_bytes=saved, device=device_name(device),
+                torch=torch.__version__, triton=_triton_version(), commit=git_commit(),
+                date=datetime.date.today().isoformat(),
+            ))
+            print(f"  {rows[-1]['mode']:14s} {name:22s} {layout:14s} {median:9.3f} ms  "
+                  f"{gbps:8.1f} GB/s ({gbps / copy_gbps:.2f} of copy)")
+    return rows
+
+
+def _triton_version() -> str:
+    try:
+        import triton
+        return triton.__version__
+    except ImportError:
+        return ""
+
+
+def parse_shapes(text):
+    """'8:256:32:9,8:768:32:7' -> [(batch, dim, size, k), ...]"""
+    return [tuple(int(v) for v in item.split(":")) for item in text.split(",") if item]
+
+
+DEFAULT_SHAPES = {
+    # Issue targets: CPU at batch 8, 32x32; GPU at batch 128, 32x32.
+    "cpu": "8:256:32:9,8:768:32:7",
+    "cuda": "128:768:32:7,128:1536:32:9",
+}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu or cuda")
+    parser.add_argument("--shapes", default=None, help="batch:dim:size:k,...  (default per device)")
+    parser.add_argument("--dtypes", default=None, help="comma list (default: float32 on cpu; bfloat16,float32 on cuda)")
+    parser.add_argument("--layouts", default="nchw,channels_last")
+    parser.add_argument("--modes", default="eval,train")
+    parser.add_argument("--backends", default=None, help="fused backends (default: those available)")
+    parser.add_argument("--activation", default="gelu")
+    parser.add_argument("--warmup", type=int, default=None)
+    parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument("--rotate", type=int, default=None, help="input sets cycled through (GPU: beat L2)")
+    parser.add_argument("--max-autotune", action=argparse.BooleanOptionalAction, default=None,
+                        help="include torch.compile(mode='max-autotune') (default: on for cuda; its CPU "
+                             "autotuning takes minutes on a small machine)")
+    parser.add_argument("--out", default=None, help="CSV path (default benchmarks/results/<device>.csv)")
+    args = parser.parse_args(argv)
+
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                          ("cpu" if args.device == "auto" else args.device))
+    gpu = device.type == "cuda"
+    args.layouts = args.layouts.split(",")
+    args.modes = args.modes.split(",")
+    dtypes = (args.dtypes or ("bfloat16,float32" if gpu else "float32")).split(",")
+    shapes = parse_shapes(args.shapes or DEFAULT_SHAPES[device.type])
+    args.backends = (args.backends.split(",") if args.backends else
+                     [b for b in cmk.available_backends(device) if b != "eager"])
+    args.warmup = args.warmup if args.warmup is not None else (10 if gpu else 3)
+    args.repeats = args.repeats if args.repeats is not None else (100 if gpu else 15)
+    args.rotate = args.rotate if args.rotate is not None else (4 if gpu else 1)
+    args.max_autotune = gpu if args.max_autotune is None else args.max_autotune
+
+    timer = Timer(device, args.warmup, args.repeats)
+    copy_gbps = copy_bandwidth(device, timer)
+    print(f"{device_name(device)}: copy bandwidth {copy_gbps:.1f} GB/s; fused backends {args.backends}")
+    slug = "".join(c if c.isalnum() else "_" for c in device_name(device).split(" (")[0]).strip("_").lower()
+    out = args.out or os.path.join(RESULTS, f"{slug}.csv")
+    rows = []
+    for batch, dim, size, k in shapes:
+        for dtype_name in dtypes:
+            print(f"batch {batch}, C {dim}, {size}x{size}, k {k}, {dtype_name}")
+            rows += run_shape(args, device, timer, copy_gbps, batch, dim, size, k, dtype_name)
+    append_rows(out, rows)
+    md = write_markdown(out)
+    print(f"wrote {len(rows)} rows to {out} and the table {md}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,225 @@
+"""The parity harness every backend's tests use.
+
+- fresh random inputs for every check (the seed is drawn anew and printed on failure);
+- the reference is reference.py run in float64 on the CPU;
+- a backend's error, max|out - ref| / max|ref|, may be at most twice eager PyTorch's own
+  error at the same precision on the same device, plus a small atol per dtype;
+- outputs are poisoned: under `poisoned_outputs()` torch.empty fills floats with NaN, so
+  an element a kernel forgets to write cannot pass.
+"""
+
+import contextlib
+import os
+from dataclasses import dataclass, replace
+from typing import Optional
+
+import torch
+
+from convmixer_kernels import mixer_block
+from convmixer_kernels.reference import mixer_block_reference
+
+# Added to twice eager's error; eager itself reaches about 1e-7 (float32), 1e-3 (float16)
+# and 8e-3 (bfloat16) on these inputs.
+ATOL = {
+    torch.float64: 1e-12,
+    torch.float32: 2e-6,
+    torch.float16: 1e-3,
+    torch.bfloat16: 8e-3,
+}
+
+LAYOUTS = ("nchw", "channels_last", "sliced")
+
+
+@contextlib.contextmanager
+def poisoned_outputs():
+    """torch.empty / at::empty fill floating tensors with NaN inside this block."""
+    was_on = torch.are_deterministic_algorithms_enabled()
+    was_warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    was_fill = torch.utils.deterministic.fill_uninitialized_memory
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.utils.deterministic.fill_uninitialized_memory = True
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(was_on, warn_only=was_warn_only)
+        torch.utils.deterministic.fill_uninitialized_memory = was_fill
+
+
+@dataclass
+class Case:
+    n: int
+    c: int
+    h: int
+    w: int
+    k: int
+    dtype: torch.dtype = torch.float32
+    layout: str = "nchw"
+    activation: str = "gelu"
+    bias: bool = True
+    affine: bool = True
+    running: bool = True
+    device: str = "cpu"
+
+    def __str__(self):
+        return (f"N{self.n} C{self.c} {self.h}x{self.w} k{self.k} {str(self.dtype)[6:]} {self.layout} "
+                f"{self.activation} bias={self.bias} affine={self.affine} running={self.running}")
+
+
+@dataclass
+class Inputs:
+    case: Case
+    seed: int
+    x: torch.Tensor
+    weight: torch.Tensor
+    bias: Optional[torch.Tensor]
+    gamma: Optional[torch.Tensor]
+    beta: Optional[torch.Tensor]
+    running_mean: Optional[torch.Tensor]
+    running_var: Optional[torch.Tensor]
+    grad_out: torch.Tensor
+
+    def tensors(self):
+        return (self.x, self.weight, self.bias, self.gamma, self.beta, self.running_mean, self.running_var)
+
+    def to(self, dtype=None, device=None):
+        """A copy in dtype (activation, conv parameters; BN vectors stay in their
+        accumulation dtype unless dtype is float64) on device, keeping x's layout."""
+        def conv(t, is_bn=False):
+            if t is None:
+                return None
+            target = dtype
+            if is_bn and dtype is not None and dtype != torch.float64:
+                target = torch.float32
+            return t.detach().to(device=device, dtype=target).clone()
+
+        x = self.x.detach().to(device=device, dtype=dtype)
+        if self.case.layout == "sliced":
+            x = _sliced_copy(x)
+        else:
+            x = x.clone(memory_format=torch.preserve_format)
+        return replace(
+            self,
+            x=x,
+            weight=conv(self.weight),
+            bias=conv(self.bias),
+            gamma=conv(self.gamma, True),
+            beta=conv(self.beta, True),
+            running_mean=conv(self.running_mean, True),
+            running_var=conv(self.running_var, True),
+            grad_out=self.grad_out.detach().to(device=device, dtype=dtype).clone(),
+        )
+
+
+def _sliced_copy(x: torch.Tensor) -> torch.Tensor:
+    """x's values in a non-contiguous view (every other column of a wider buffer, with
+    offsets in C and H), so neither dense layout fits."""
+    n, c, h, w = x.shape
+    base = torch.full((n, c + 2, h + 3, 2 * w + 1), float("nan"), dtype=x.dtype, device=x.device)
+    view = base[:, 1 : c + 1, 2 : h + 2, 1::2]
+    view.copy_(x)
+    assert not view.is_contiguous() and not view.is_contiguous(memory_format=torch.channels_last)
+    return view
+
+
+def make_inputs(case: Case, seed: Optional[int] = None) -> Inputs:
+    """Fresh random inputs (never zeros) in case.dtype on case.device, x in case.layout."""
+    if seed is None:
+        seed = int.from_bytes(os.urandom(4), "little")
+    g = torch.Generator().manual_seed(seed)
+    acc = torch.float64 if case.dtype == torch.float64 else torch.float32
+
+    def randn(*shape, scale=1.0, shift=0.0, dtype=case.dtype):
+        return (torch.randn(*shape, generator=g, dtype=torch.float64) * scale + shift).to(dtype)
+
+    c = case.c
+    x = randn(case.n, c, case.h, case.w)
+    if case.layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    elif case.layout == "sliced":
+        x = _sliced_copy(x)
+    inputs = Inputs(
+        case=case,
+        seed=seed,
+        x=x,
+        # Scaled so h = conv(x) is O(1) for every k and the activation's curve matters.
+        weight=randn(c, 1, case.k, case.k, scale=1.0 / case.k),
+        bias=randn(c, scale=0.3) if case.bias else None,
+        gamma=randn(c, scale=0.3, shift=1.0, dtype=acc) if case.affine else None,
+        beta=randn(c, scale=0.3, dtype=acc) if case.affine else None,
+        running_mean=randn(c, scale=0.2, dtype=acc) if case.running else None,
+        running_var=(torch.rand(c, generator=g, dtype=torch.float64) + 0.5).to(acc) if case.running else None,
+        grad_out=randn(case.n, c, case.h, case.w),
+    )
+    return inputs.to(device=case.device)
+
+
+def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
+    out = out.detach().double().cpu()
+    ref = ref.detach().double().cpu()
+    scale = ref.abs().max().item()
+    return (out - ref).abs().max().item() / (scale if scale > 0 else 1.0)
+
+
+def assert_close(what: str, out, ref64, eager, dtype, inputs: Inputs):
+    """out must be within 2x eager's error (both against the float64 reference) + atol."""
+    assert out.shape == ref64.shape, f"{what}: shape {tuple(out.shape)} != {tuple(ref64.shape)}"
+    if ref64.isfinite().all():
+        assert out.detach().isfinite().all(), f"{what}: non-finite values (unwritten?) for {inputs.case} seed {inputs.seed}"
+    err = rel_err(out, ref64)
+    eager_err = rel_err(eager, ref64)
+    bound = 2 * eager_err + ATOL[dtype]
+    assert err <= bound, (
+        f"{what}: error {err:.3g} > bound {bound:.3g} (eager {eager_err:.3g}) for {inputs.case} seed {inputs.seed}"
+    )
+
+
+def run_block(inputs: Inputs, *, training: bool, backend: Optional[str], momentum=0.1, grads=False):
+    """Runs the block (backend=None: the reference) on copies of inputs; returns y, the
+    running stats after the call and, with grads, the gradients of x, weight, bias,
+    gamma, beta."""
+    inp = inputs.to()
+    leaves = [inp.x, inp.weight, inp.bias, inp.gamma, inp.beta]
+    if grads:
+        for t in leaves:
+            if t is not None:
+                t.requires_grad_(True)
+    args = (inp.x, inp.weight, inp.bias, inp.gamma, inp.beta, inp.running_mean, inp.running_var)
+    if backend is None:
+        y = mixer_block_reference(*args, training=training, momentum=momentum, activation_fn=inp.case.activation)
+    else:
+        with poisoned_outputs():
+            y = mixer_block(*args, training=training, momentum=momentum, activation=inp.case.activation,
+                            backend=backend)
+    result = {"y": y.detach(), "running_mean": inp.running_mean, "running_var": inp.running_var}
+    if grads:
+        if backend is None:
+            y.backward(inp.grad_out)
+        else:
+            with poisoned_outputs():
+                y.backward(inp.grad_out)
+        for name, t in zip(("dx", "dweight", "dbias", "dgamma", "dbeta"), leaves):
+            result[name] = t.grad if t is not None else None
+    return result
+
+
+def check_backend(inputs: Inputs, backend: str, *, training: bool, grads: bool = True, momentum=0.1):
+    """Runs `backend` and eager at inputs' precision and the float64 CPU reference, and
+    asserts the backend's outputs, running stats and gradients are within bounds."""
+    dtype = inputs.case.dtype
+    out = run_block(inputs, training=training, backend=backend, grads=grads, momentum=momentum)
+    assert out["y"].dtype == dtype
+    if inputs.case.layout == "channels_last":
+        assert out["y"].is_contiguous(memory_format=torch.channels_last), "output lost channels_last"
+    eager = run_block(inputs, training=training, backend=None, grads=grads, momentum=momentum)
+    ref = run_block(inputs.to(dtype=torch.float64, device="cpu"), training=training, backend=None,
+                    grads=grads, momentum=momentum)
+    for name in ("y", "running_mean", "running_var", "dx", "dweight", "dbias", "dgamma", "dbeta"):
+        if name not in ref or ref[name] is None:
+            assert out.get(name) is None, f"{name} should be None"
+            continue
+        # Running statistics are float32 (float64) vectors in any case.
+        stat_dtype = dtype if name in ("y", "dx", "dweight", "dbias") else (
+            torch.float64 if dtype == torch.float64 else torch.float32)
+        assert out[name].dtype == eager[name].dtype, f"{name}: dtype {out[name].dtype} != eager's {eager[name].dtype}"
+        assert_close(name, out[name], ref[name], eager[name], stat_dtype, inputs)
+    return out

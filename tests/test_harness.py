@@ -1,0 +1,36 @@
+"""The parity harness itself must be able to fail."""
+
+import pytest
+import torch
+
+from parity import Case, assert_close, make_inputs, poisoned_outputs
+
+
+def test_poisoning_fills_empty_with_nan():
+    with poisoned_outputs():
+        assert torch.empty(64).isnan().all()
+        assert torch.empty_like(torch.ones(3, 4, 5, 6), memory_format=torch.channels_last).isnan().all()
+    assert not torch.are_deterministic_algorithms_enabled()
+
+
+def test_fresh_inputs_differ_and_are_not_zero():
+    a = make_inputs(Case(n=1, c=3, h=5, w=5, k=3))
+    b = make_inputs(Case(n=1, c=3, h=5, w=5, k=3))
+    assert a.seed != b.seed and not torch.equal(a.x, b.x)
+    assert (a.x != 0).all()
+
+
+def test_sliced_layout_is_neither_dense_format():
+    x = make_inputs(Case(n=2, c=3, h=5, w=5, k=3, layout="sliced")).x
+    assert not x.is_contiguous() and not x.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_assert_close_rejects_a_wrong_result():
+    inputs = make_inputs(Case(n=1, c=3, h=5, w=5, k=3))
+    ref = torch.randn(10, dtype=torch.float64)
+    with pytest.raises(AssertionError):
+        assert_close("y", (ref + 1e-3).float(), ref, ref.float(), torch.float32, inputs)
+    with pytest.raises(AssertionError, match="non-finite"):
+        bad = ref.float().clone()
+        bad[3] = float("nan")
+        assert_close("y", bad, ref, ref.float(), torch.float32, inputs)
