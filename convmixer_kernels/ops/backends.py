@@ -93,6 +93,8 @@ def unavailable_backends(device="cpu", dtype: torch.dtype = torch.float32) -> Di
 _warned_fallback = set()
 
 
+# Evaluated once at trace time under torch.compile: the answer depends only on constants.
+@torch.compiler.assume_constant_result
 def resolve(name: str, device: torch.device, dtype: torch.dtype) -> str:
     """The concrete backend for a call: `name` itself after checking it can run, or the
     fastest available one for "auto" (warning once when that is the eager fallback)."""

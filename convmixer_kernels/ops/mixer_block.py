@@ -261,17 +261,20 @@ def mixer_block(
     dtype and memory format follow x. backend: "auto" (fastest available), "cuda",
     "triton", "cpu" or "eager"; see available_backends(device).
     """
+    out_dtype = x.dtype
+    if isinstance(x, Tensor) and torch.is_autocast_enabled(x.device.type) and x.dtype != torch.float64:
+        # The eager block under autocast runs its conv on weights rounded to the autocast
+        # dtype and sums the residual in x's dtype promoted with it. A float32 x keeps its
+        # precision here (the residual stream stays exact; the conv sees the rounded
+        # weights); any other x is cast to the autocast dtype as the conv would cast it.
+        low = torch.get_autocast_dtype(x.device.type)
+        compute = x.dtype if x.dtype == torch.float32 else low
+        out_dtype = torch.promote_types(x.dtype, low)
+        x = x.to(compute)
+        conv_weight = conv_weight.to(low).to(compute)
+        conv_bias = conv_bias.to(low).to(compute) if conv_bias is not None else None
     _check_inputs(x, conv_weight, conv_bias, bn_weight, bn_bias, running_mean, running_var,
                   momentum, eps, activation)
-    out_dtype = x.dtype
-    if torch.is_autocast_enabled(x.device.type) and x.dtype != torch.float64:
-        # As in the eager block: the conv (and what follows) runs in the autocast dtype;
-        # BN keeps float32 statistics; the residual sum has x's dtype promoted with it.
-        low = torch.get_autocast_dtype(x.device.type)
-        out_dtype = torch.promote_types(x.dtype, low)
-        x = x.to(low)
-        conv_weight = conv_weight.to(low)
-        conv_bias = conv_bias.to(low) if conv_bias is not None else None
     name = backends.resolve(backend, x.device, x.dtype)
 
     x = x.contiguous(memory_format=_memory_format(x))
