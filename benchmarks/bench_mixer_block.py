@@ -111,11 +111,13 @@ def make_candidates(args, device, dim, k, dtype):
     torch.manual_seed(0)
     plain = plain_mixer_block(dim, k, args.activation).to(device=device, dtype=dtype)
     candidates = {}
+    compile_modes = {"compile": "default", "compile-max-autotune": "max-autotune"}
     for layout in args.layouts:
-        candidates[("eager", layout)] = plain
-        candidates[("compile", layout)] = torch.compile(copy.deepcopy(plain))
-        if args.max_autotune:
-            candidates[("compile-max-autotune", layout)] = torch.compile(copy.deepcopy(plain), mode="max-autotune")
+        for baseline in args.baselines:
+            if baseline == "eager":
+                candidates[("eager", layout)] = plain
+            else:
+                candidates[(baseline, layout)] = torch.compile(copy.deepcopy(plain), mode=compile_modes[baseline])
         for backend in args.backends:
             if backend not in cmk.available_backends(device, dtype):
                 print(f"  skip backend {backend}: {cmk.unavailable_backends(device, dtype).get(backend)}")
@@ -208,9 +210,9 @@ def main(argv=None):
     parser.add_argument("--warmup", type=int, default=None)
     parser.add_argument("--repeats", type=int, default=None)
     parser.add_argument("--rotate", type=int, default=None, help="input sets cycled through (GPU: beat L2)")
-    parser.add_argument("--max-autotune", action=argparse.BooleanOptionalAction, default=None,
-                        help="include torch.compile(mode='max-autotune') (default: on for cuda; its CPU "
-                             "autotuning takes minutes on a small machine)")
+    parser.add_argument("--baselines", default=None,
+                        help="eager,compile,compile-max-autotune (default: all three on cuda; eager,compile "
+                             "on cpu, where max-autotune takes minutes to tune on a small machine)")
     parser.add_argument("--out", default=None, help="CSV path (default benchmarks/results/<device>.csv)")
     args = parser.parse_args(argv)
 
@@ -226,7 +228,7 @@ def main(argv=None):
     args.warmup = args.warmup if args.warmup is not None else (10 if gpu else 3)
     args.repeats = args.repeats if args.repeats is not None else (100 if gpu else 15)
     args.rotate = args.rotate if args.rotate is not None else (4 if gpu else 1)
-    args.max_autotune = gpu if args.max_autotune is None else args.max_autotune
+    args.baselines = (args.baselines or ("eager,compile,compile-max-autotune" if gpu else "eager,compile")).split(",")
 
     timer = Timer(device, args.warmup, args.repeats)
     copy_gbps = copy_bandwidth(device, timer)
