@@ -5,12 +5,37 @@
     block = cmk.FusedMixerBlock(dim=768, kernel_size=7, activation="relu")
     n = cmk.swap_mixer_blocks(model)          # a timm / mmpretrain / official ConvMixer
     cmk.available_backends("cuda")            # e.g. ['cuda', 'triton', 'eager']
+    model = cmk.get_model("convmixer_768_32", pretrained="convmixer_768_32.pth")
 """
+
+import importlib
 
 from .modules import ConvMixer, FusedMixerBlock, swap_mixer_blocks, unswap_mixer_blocks
 from .ops import available_backends, mixer_block, unavailable_backends
 
 __version__ = "0.1.0"
+
+# The model layer (Pillow for images, onnx for export) loads on first use, so the kernel
+# library imports with torch alone.
+_LAZY = {
+    "get_model": "models",
+    "create_model": "models",
+    "list_models": "models",
+    "load_checkpoint": "checkpoint",
+    "convert_state_dict": "checkpoint",
+    "inference_model": "inference",
+    "preprocess": "preprocess",
+    "imagenet_classes": "imagenet_classes",
+    "export_onnx": "export",
+    "count_model": "count",
+}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "ConvMixer",
@@ -20,4 +45,5 @@ __all__ = [
     "swap_mixer_blocks",
     "unavailable_backends",
     "unswap_mixer_blocks",
+    *_LAZY,
 ]

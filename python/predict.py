@@ -1,0 +1,31 @@
+"""Top-5 ImageNet classes of an image with a ConvMixer.
+
+    python python/predict.py IMAGE                          # the released convmixer_768_32 weights
+    python python/predict.py IMAGE --model convmixer_1536_20 --checkpoint convmixer_1536_20_ks9_p7.pth.tar
+"""
+
+import argparse
+
+from convmixer_kernels.inference import inference_model
+from convmixer_kernels.models import get_model
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("image", help="an image file")
+    parser.add_argument("--model", default="convmixer_768_32", help="a config name (see convmixer_kernels.models.list_models())")
+    parser.add_argument("--checkpoint", help="weights in the official, timm or mmpretrain format; default: the released ones")
+    parser.add_argument("--num-classes", type=int, help="override the config's class count")
+    parser.add_argument("--topk", type=int, default=5)
+    args = parser.parse_args()
+
+    overrides = {} if args.num_classes is None else {"num_classes": args.num_classes}
+    model = get_model(args.model, pretrained=args.checkpoint or True, **overrides)
+    result = inference_model(model, args.image, topk=args.topk)
+    print(f"{args.image}: {args.model}")
+    for rank, entry in enumerate(result["topk"], 1):
+        print(f"{rank:2d}. {entry['class']:<30s} (class {entry['label']:4d})  {entry['score']:.4f}")
+
+
+if __name__ == "__main__":
+    main()
