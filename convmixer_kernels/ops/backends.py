@@ -20,6 +20,7 @@ from typing import Dict, List, Optional
 import torch
 
 from .. import _extension
+from . import auto_select
 
 BACKEND_NAMES = ("cuda", "triton", "cpu", "eager")
 
@@ -95,17 +96,19 @@ _warned_fallback = set()
 
 # Evaluated once at trace time under torch.compile: the answer depends only on constants.
 @torch.compiler.assume_constant_result
-def resolve(name: str, device: torch.device, dtype: torch.dtype) -> str:
-    """The concrete backend for a call: `name` itself after checking it can run, or the
-    fastest available one for "auto" (warning once when that is the eager fallback)."""
+def resolve(name: str, device: torch.device, dtype: torch.dtype,
+            problem: Optional[auto_select.Problem] = None) -> str:
+    """The concrete backend for a call: `name` itself after checking it can run, or for
+    "auto" the fastest available one for `problem` (ops/auto_select.py), warning once
+    when only the eager fallback is left."""
     if name != "auto":
         reason = why_unavailable(name, device, dtype)
         if reason is not None:
             raise RuntimeError(f"mixer_block: backend {name!r} cannot run here: {reason}")
         return name
-    for candidate in _AUTO_ORDER.get(device.type, ()):
-        if why_unavailable(candidate, device, dtype) is None:
-            return candidate
+    available = [c for c in _AUTO_ORDER.get(device.type, ()) if why_unavailable(c, device, dtype) is None]
+    if available:
+        return auto_select.choose(available, problem)
     key = (device.type, dtype)
     if key not in _warned_fallback and not os.environ.get("CONVMIXER_KERNELS_QUIET_FALLBACK"):
         _warned_fallback.add(key)

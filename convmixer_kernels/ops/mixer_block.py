@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from ..reference import ACTIVATIONS, MAX_KERNEL_SIZE
-from . import backends
+from . import auto_select, backends
 
 _FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
@@ -275,13 +275,13 @@ def mixer_block(
         conv_bias = conv_bias.to(low).to(compute) if conv_bias is not None else None
     _check_inputs(x, conv_weight, conv_bias, bn_weight, bn_bias, running_mean, running_var,
                   momentum, eps, activation)
-    name = backends.resolve(backend, x.device, x.dtype)
-
     x = x.contiguous(memory_format=_memory_format(x))
+    use_batch_stats = training or running_mean is None
+    problem = auto_select.Problem.of(x, conv_weight, use_batch_stats, activation) if backend == "auto" else None
+    name = backends.resolve(backend, x.device, x.dtype, problem)
     acc = _acc_dtype(x.dtype)
     weight = conv_weight.contiguous()
     vectors = [t.to(acc).contiguous() if t is not None else None for t in (bn_weight, bn_bias)]
-    use_batch_stats = training or running_mean is None
     with torch.autocast(x.device.type, enabled=False):
         if use_batch_stats:
             if x.shape[0] * x.shape[2] * x.shape[3] <= 1:

@@ -1,0 +1,246 @@
+// Device helpers shared by the kernels: element types as raw bits, conversions to float,
+// the tensor-core and shared-memory primitives, and warp reductions.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+namespace convmixer_kernels {
+namespace cuda {
+
+constexpr int kThreads = 256;
+constexpr int kWarps = kThreads / 32;
+constexpr unsigned kFullMask = 0xffffffffu;
+
+// Tiles move through shared memory as raw bits (16 bytes = kVec elements at a time);
+// arithmetic is in float. kMma: the type has an m16n8k16 tensor-core MMA with float
+// accumulation (products of two 16-bit values are exact in float).
+template <typename T>
+struct Dtype;
+
+template <>
+struct Dtype<float> {
+  using Bits = uint32_t;
+  static constexpr bool kMma = false;
+  static __device__ __forceinline__ float to_float(uint32_t b) { return __uint_as_float(b); }
+  static __device__ __forceinline__ uint32_t from_float(float v) { return __float_as_uint(v); }
+};
+
+template <>
+struct Dtype<__half> {
+  using Bits = uint16_t;
+  static constexpr bool kMma = true;
+  static __device__ __forceinline__ float to_float(uint16_t b) { return __half2float(__ushort_as_half(b)); }
+  static __device__ __forceinline__ uint16_t from_float(float v) { return __half_as_ushort(__float2half_rn(v)); }
+};
+
+template <>
+struct Dtype<__nv_bfloat16> {
+  using Bits = uint16_t;
+  static constexpr bool kMma = true;
+  static __device__ __forceinline__ float to_float(uint16_t b) {
+    return __bfloat162float(__ushort_as_bfloat16(b));
+  }
+  static __device__ __forceinline__ uint16_t from_float(float v) {
+    return __bfloat16_as_ushort(__float2bfloat16_rn(v));
+  }
+};
+
+template <typename T>
+__host__ __device__ constexpr int vec_elems() {
+  return 16 / static_cast<int>(sizeof(typename Dtype<T>::Bits));
+}
+
+__device__ __forceinline__ bool is_finite(float v) { return (__float_as_uint(v) & 0x7f800000u) != 0x7f800000u; }
+
+// Element e (0 or 1) of a 32-bit word holding two 16-bit elements, or the word itself.
+template <typename Bits>
+__device__ __forceinline__ Bits word_elem(uint32_t w, int e) {
+  if constexpr (sizeof(Bits) == 2) {
+    return static_cast<Bits>(e ? (w >> 16) : (w & 0xffffu));
+  } else {
+    return w;
+  }
+}
+
+// Elements [shift, shift + kVec) of the 32 bytes lo:hi, as one 16-byte vector (little
+// endian: element 0 is the low half of word 0). SHIFT is a compile-time element count.
+template <typename Bits, int SHIFT>
+__device__ __forceinline__ uint4 funnel_vec(const uint4& lo, const uint4& hi) {
+  if constexpr (SHIFT == 0) {
+    return lo;
+  } else {
+    const uint32_t w[8] = {lo.x, lo.y, lo.z, lo.w, hi.x, hi.y, hi.z, hi.w};
+    constexpr int kByteShift = SHIFT * static_cast<int>(sizeof(Bits));
+    constexpr int q = kByteShift / 4;
+    constexpr int r = (kByteShift % 4) * 8;
+    uint32_t o[4];
+#pragma unroll
+    for (int m = 0; m < 4; ++m) o[m] = r ? __funnelshift_r(w[q + m], w[q + m + 1], r) : w[q + m];
+    return make_uint4(o[0], o[1], o[2], o[3]);
+  }
+}
+
+// Loads NV elements starting at p (aligned to CHUNK elements) into float, CHUNK at a time.
+template <typename T, int CHUNK, int NV>
+__device__ __forceinline__ void load_row(const typename Dtype<T>::Bits* p, float (&v)[NV]) {
+  using Bits = typename Dtype<T>::Bits;
+  static_assert(NV % CHUNK == 0, "row buffer must be whole chunks");
+  constexpr int kBytes = CHUNK * static_cast<int>(sizeof(Bits));
+#pragma unroll
+  for (int c = 0; c < NV / CHUNK; ++c) {
+    uint32_t w[4];
+    if constexpr (kBytes == 16) {
+      const uint4 u = *reinterpret_cast<const uint4*>(p + c * CHUNK);
+      w[0] = u.x; w[1] = u.y; w[2] = u.z; w[3] = u.w;
+    } else if constexpr (kBytes == 8) {
+      const uint2 u = *reinterpret_cast<const uint2*>(p + c * CHUNK);
+      w[0] = u.x; w[1] = u.y;
+    } else {
+      static_assert(kBytes == 4, "chunk of 4, 8 or 16 bytes");
+      w[0] = *reinterpret_cast<const uint32_t*>(p + c * CHUNK);
+    }
+#pragma unroll
+    for (int e = 0; e < CHUNK; ++e) {
+      if constexpr (sizeof(Bits) == 2) {
+        v[c * CHUNK + e] = Dtype<T>::to_float(word_elem<Bits>(w[e / 2], e % 2));
+      } else {
+        v[c * CHUNK + e] = Dtype<T>::to_float(w[e]);
+      }
+    }
+  }
+}
+
+// Two horizontally adjacent elements (the first at an even column of an even pitch).
+template <typename T>
+__device__ __forceinline__ void load_pair(const typename Dtype<T>::Bits* p, float& a, float& b) {
+  using Bits = typename Dtype<T>::Bits;
+  if constexpr (sizeof(Bits) == 2) {
+    const uint32_t w = *reinterpret_cast<const uint32_t*>(p);
+    a = Dtype<T>::to_float(word_elem<Bits>(w, 0));
+    b = Dtype<T>::to_float(word_elem<Bits>(w, 1));
+  } else {
+    const float2 f = *reinterpret_cast<const float2*>(p);
+    a = f.x;
+    b = f.y;
+  }
+}
+
+template <typename T>
+__device__ __forceinline__ void store_pair(typename Dtype<T>::Bits* p, float a, float b) {
+  using Bits = typename Dtype<T>::Bits;
+  if constexpr (sizeof(Bits) == 2) {
+    *reinterpret_cast<uint32_t*>(p) =
+        static_cast<uint32_t>(Dtype<T>::from_float(a)) | (static_cast<uint32_t>(Dtype<T>::from_float(b)) << 16);
+  } else {
+    *reinterpret_cast<float2*>(p) = make_float2(a, b);
+  }
+}
+
+__device__ __forceinline__ uint32_t smem_addr(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+
+// Shared-memory loads the compiler may not hoist out of the item loop: values that are
+// the same for every item (filters) are reloaded where used instead of pinning registers
+// for the whole kernel.
+__device__ __forceinline__ float4 lds_pinned_f32x4(const float* p) {
+  float4 v;
+  asm volatile("ld.shared.v4.f32 {%0, %1, %2, %3}, [%4];\n"
+               : "=f"(v.x), "=f"(v.y), "=f"(v.z), "=f"(v.w)
+               : "r"(smem_addr(p))
+               : "memory");
+  return v;
+}
+
+__device__ __forceinline__ uint2 lds_pinned_u32x2(const uint32_t* p) {
+  uint2 v;
+  asm volatile("ld.shared.v2.u32 {%0, %1}, [%2];\n" : "=r"(v.x), "=r"(v.y) : "r"(smem_addr(p)) : "memory");
+  return v;
+}
+
+// The "memory" clobber keeps these shared-memory reads on their side of __syncthreads.
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], uint32_t addr) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr)
+               : "memory");
+}
+
+__device__ __forceinline__ void ldmatrix_x2(uint32_t (&r)[2], uint32_t addr) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0, %1}, [%2];\n"
+               : "=r"(r[0]), "=r"(r[1])
+               : "r"(addr)
+               : "memory");
+}
+
+// d += a * b for one 16x8x16 tile: a row-major 16x16, b column-major 16x8, d float.
+template <typename T>
+__device__ __forceinline__ void mma_16816(float* d, const uint32_t (&a)[4], const uint32_t (&b)[2]);
+
+template <>
+__device__ __forceinline__ void mma_16816<__half>(float* d, const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+  asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+      "{%0, %1, %2, %3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+
+template <>
+__device__ __forceinline__ void mma_16816<__nv_bfloat16>(float* d, const uint32_t (&a)[4],
+                                                         const uint32_t (&b)[2]) {
+  asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+      "{%0, %1, %2, %3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+
+// Sum over the warp; every lane gets the same fixed-order tree, so the result is the
+// same bits on every run.
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+  for (int s = 0; s < 5; ++s) v += __shfl_xor_sync(kFullMask, v, 16 >> s);
+  return v;
+}
+
+// Reduce-scatter of 32 values per lane: lane l returns the sum over the warp of v[l].
+// Costs 31 shuffles instead of 32 * 5 for 32 separate warp sums. Each step halves the
+// live values: lanes with bit M keep the upper half and receive it from their partner.
+// M is a template constant so every index into v is one and v stays in registers.
+template <int M>
+__device__ __forceinline__ void reduce_scatter_step(float (&v)[32], int lane) {
+  const bool upper = (lane & M) != 0;
+#pragma unroll
+  for (int q = 0; q < M; ++q) {
+    const float send = upper ? v[q] : v[q + M];
+    const float keep = upper ? v[q + M] : v[q];
+    v[q] = keep + __shfl_xor_sync(kFullMask, send, M);
+  }
+  if constexpr (M > 1) reduce_scatter_step<M / 2>(v, lane);
+}
+
+__device__ __forceinline__ float warp_reduce_scatter32(float (&v)[32], int lane) {
+  reduce_scatter_step<16>(v, lane);
+  return v[0];
+}
+
+// Chan et al.'s merge of (count, mean, M2) summaries; counts are exact in float up to 2^24
+// per summary.
+struct Welford {
+  float n = 0.0f, mean = 0.0f, m2 = 0.0f;
+  __device__ __forceinline__ void merge(float nb, float mean_b, float m2_b) {
+    if (nb == 0.0f) return;
+    const float nn = n + nb;
+    const float d = mean_b - mean;
+    const float f = nb / nn;
+    mean += d * f;
+    m2 += m2_b + d * d * n * f;
+    n = nn;
+  }
+};
+
+}  // namespace cuda
+}  // namespace convmixer_kernels

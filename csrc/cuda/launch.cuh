@@ -1,0 +1,192 @@
+// Host side of the tile kernels: the tiling plan of a call, the shared-memory budget, and
+// the dispatch from runtime k to the compiled (k, tile shape) instantiations.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstddef>
+#include <cstdint>
+
+#include "../mixer_block_params.h"
+#include "mixer_block_cuda.h"
+#include "tile.cuh"
+
+namespace convmixer_kernels {
+namespace cuda {
+
+// Kernel sizes compiled with k as a template constant; others take the generic path.
+inline bool templated_k(int k) { return k == 3 || k == 5 || k == 7 || k == 9; }
+
+enum class CfgId { kWide, kNarrow, kGeneric };
+
+// How a call is cut into blocks; the same for every pass of the call, so workspace sizes
+// computed before the launches match them.
+struct Plan {
+  CfgId cfg;
+  int K;  // template kernel size, 0 for the generic path
+  int CB, TH, TW;
+  int tiles_h, tiles_w, items, num_cg, items_per_block, slices;
+};
+
+inline int ceil_div(int64_t a, int64_t b) { return static_cast<int>((a + b - 1) / b); }
+
+inline int multiprocessors() {
+  int dev = 0, sms = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess ||
+      cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess || sms <= 0) {
+    cudaGetLastError();  // leave no sticky error behind; plan for a mid-size GPU
+    return 108;
+  }
+  return sms;
+}
+
+template <class Cfg>
+void set_shape(Plan& p, CfgId id, const Geometry& g) {
+  p.cfg = id;
+  p.CB = Cfg::CB, p.TH = Cfg::TH, p.TW = Cfg::TW;
+  p.tiles_h = ceil_div(g.height, p.TH);
+  p.tiles_w = ceil_div(g.width, p.TW);
+  p.items = static_cast<int>(g.batch * p.tiles_h * p.tiles_w);
+  p.num_cg = ceil_div(g.channels, p.CB);
+}
+
+inline Plan make_plan(const Geometry& g) {
+  Plan p;
+  const int k = g.kernel_size;
+  const int sms = multiprocessors();
+  p.K = templated_k(k) ? k : 0;
+  if (!p.K) {
+    set_shape<CfgGeneric>(p, CfgId::kGeneric, g);
+  } else {
+    set_shape<CfgWide>(p, CfgId::kWide, g);
+    // Small images, or too few 32 x 32 tiles to give every multiprocessor two blocks
+    // (batch 1): 16 x 16 tiles, four times as many blocks.
+    if (g.height <= 16 || g.width <= 16 || static_cast<int64_t>(p.items) * p.num_cg < 2LL * sms)
+      set_shape<CfgNarrow>(p, CfgId::kNarrow, g);
+  }
+  // About 16 blocks per multiprocessor (8 waves of 2 resident blocks) so the last wave is
+  // a small tail at any batch; up to 8 items per block amortize its setup (filters,
+  // per-channel constants) at large batch. gridDim.y is limited to 65535.
+  const int64_t target = 16LL * sms;
+  const int64_t blocks_at_one = static_cast<int64_t>(p.items) * p.num_cg;
+  p.items_per_block = static_cast<int>(std::min<int64_t>(8, std::max<int64_t>(1, (blocks_at_one + target - 1) / target)));
+  p.items_per_block = std::max(p.items_per_block, ceil_div(p.items, 65535));
+  p.slices = ceil_div(p.items, p.items_per_block);
+  return p;
+}
+
+// The input tile of one conv of the call: rows, pitch and leading columns, for the
+// generic path (templated k fixes them in the kernel: TH + k - 1, TW + 8, pad).
+struct InTile {
+  int pad, rows, pitch, co;
+};
+
+template <typename T>
+InTile in_tile(const Plan& p, int k, int pad) {
+  constexpr int V = vec_elems<T>();
+  InTile t;
+  t.pad = pad;
+  t.rows = p.TH + k - 1;
+  if (p.K) {
+    t.pitch = p.TW + 8;
+    t.co = pad;
+  } else {
+    // columns before the output start at a vector boundary, so NCHW rows need no shift
+    t.co = (pad + V - 1) / V * V;
+    t.pitch = (t.co + p.TW + k - 1 - pad + V - 1) / V * V;
+  }
+  return t;
+}
+
+inline bool aligned16(const void* ptr) { return (reinterpret_cast<uintptr_t>(ptr) & 15u) == 0; }
+
+// Whether strides in `g` are the dense ones of `layout` (dims of size 1 may have any).
+inline bool dense_in(const Geometry& g, Layout layout) {
+  const int64_t C = g.channels, H = g.height, W = g.width;
+  int64_t sn, sc, sh, sw;
+  if (layout == Layout::kNCHW) {
+    sw = 1, sh = W, sc = H * W, sn = C * H * W;
+  } else {
+    sc = 1, sw = C, sh = W * C, sn = H * W * C;
+  }
+  return (g.batch <= 1 || g.stride_n == sn) && (C <= 1 || g.stride_c == sc) && (H <= 1 || g.stride_h == sh) &&
+         (W <= 1 || g.stride_w == sw);
+}
+
+inline bool empty_problem(const Geometry& g) {
+  return g.batch == 0 || g.channels == 0 || g.height == 0 || g.width == 0;
+}
+
+// Arguments common to every pass; the pass fills in its tensors.
+template <typename T>
+TileArgs base_args(const Plan& p, const Geometry& g, Layout layout, const InTile& t, Activation act, double eps) {
+  TileArgs a{};
+  a.N = static_cast<int>(g.batch);
+  a.C = static_cast<int>(g.channels);
+  a.H = static_cast<int>(g.height);
+  a.W = static_cast<int>(g.width);
+  a.k = g.kernel_size;
+  a.pad = t.pad;
+  a.rows = t.rows;
+  a.pitch = t.pitch;
+  a.co = t.co;
+  a.nhwc = layout == Layout::kChannelsLast;
+  a.tiles_h = p.tiles_h;
+  a.tiles_w = p.tiles_w;
+  a.items = p.items;
+  a.items_per_block = p.items_per_block;
+  a.act = act;
+  a.eps = static_cast<float>(eps);
+  return a;
+}
+
+// 16-byte global accesses need the contiguous dimension to be whole vectors and every
+// activation-sized pointer of the pass 16-byte aligned.
+template <typename T>
+void set_vec(TileArgs& a) {
+  constexpr int V = vec_elems<T>();
+  const bool dims = a.nhwc ? a.C % V == 0 : a.W % V == 0;
+  a.vec = dims && aligned16(a.in) && aligned16(a.aux) && aligned16(a.out);
+}
+
+template <typename T, int K, class Cfg, Mode MODE>
+cudaError_t launch_tile(const TileArgs& a, const Plan& p, cudaStream_t stream) {
+  auto kernel = tile_kernel<T, K, Cfg, MODE>;
+  const size_t smem = SmemLayout<T, K, Cfg, MODE>(a.rows, a.pitch, a.k).total;
+  if (smem > 48 * 1024) {
+    const cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+    if (err != cudaSuccess) return err;
+  }
+  kernel<<<dim3(p.num_cg, p.slices), kThreads, smem, stream>>>(a);
+  return cudaGetLastError();
+}
+
+template <typename T, int K, Mode MODE>
+cudaError_t launch_shape(const TileArgs& a, const Plan& p, cudaStream_t stream) {
+  return p.cfg == CfgId::kWide ? launch_tile<T, K, CfgWide, MODE>(a, p, stream)
+                               : launch_tile<T, K, CfgNarrow, MODE>(a, p, stream);
+}
+
+template <typename T, Mode MODE>
+cudaError_t run_tile(const TileArgs& a, const Plan& p, cudaStream_t stream) {
+  switch (p.K) {
+    case 3: return launch_shape<T, 3, MODE>(a, p, stream);
+    case 5: return launch_shape<T, 5, MODE>(a, p, stream);
+    case 7: return launch_shape<T, 7, MODE>(a, p, stream);
+    case 9: return launch_shape<T, 9, MODE>(a, p, stream);
+    default: return launch_tile<T, 0, CfgGeneric, MODE>(a, p, stream);
+  }
+}
+
+// reduce.cu: the ordered second stage of every reduction.
+// mean[c], var[c] (biased) from the Welford partials [slices][3][C] (count, mean, M2).
+cudaError_t launch_welford_finalize(const float* partial, int slices, int C, float* mean, float* var,
+                                    cudaStream_t stream);
+// Sums of the partials [slices][Q][C] over slices; row q < q_split goes to
+// dst_cq[c * q_split + q], row q >= q_split to dst_rows[q - q_split][c].
+cudaError_t launch_sum_partials(const float* partial, int slices, int Q, int C, int q_split, float* dst_cq,
+                                float* const (&dst_rows)[3], cudaStream_t stream);
+
+}  // namespace cuda
+}  // namespace convmixer_kernels
