@@ -28,6 +28,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import convmixer_kernels as cmk  # noqa: E402
 from convmixer_kernels.reference import plain_mixer_block  # noqa: E402
+import gpu_timing  # noqa: E402
 from results_table import append_rows, write_markdown  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
@@ -62,32 +63,24 @@ class Timer:
         self.device, self.warmup, self.repeats = device, warmup, repeats
 
     def __call__(self, fn):
+        if self.device.type == "cuda":
+            return gpu_timing.cuda_time(fn, self.warmup, self.repeats)
         for i in range(self.warmup):
             fn(i)
         times = []
-        if self.device.type == "cuda":
-            torch.cuda.synchronize()
-            for i in range(self.repeats):
-                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                start.record()
-                fn(i)
-                end.record()
-                end.synchronize()
-                times.append(start.elapsed_time(end))
-        else:
-            for i in range(self.repeats):
-                t0 = time.perf_counter()
-                fn(i)
-                times.append((time.perf_counter() - t0) * 1e3)
-        times.sort()
-        q = statistics.quantiles(times, n=5) if len(times) >= 5 else [times[0]] * 4
+        for i in range(self.repeats):
+            t0 = time.perf_counter()
+            fn(i)
+            times.append((time.perf_counter() - t0) * 1e3)
+        q = statistics.quantiles(times, n=5) if len(times) >= 5 else [min(times)] * 4
         return statistics.median(times), q[0], q[3]
 
 
 def copy_bandwidth(device: torch.device, timer: Timer) -> float:
-    """GB/s of a large device-to-device copy (read + write), the ceiling for this op."""
-    numel = (512 if device.type == "cuda" else 64) * 2**20 // 4
-    src = torch.randn(numel, device=device)
+    """GB/s of a large same-device copy (read + write), the ceiling for this op."""
+    if device.type == "cuda":
+        return gpu_timing.copy_bandwidth_gbps(device)
+    src = torch.randn(64 * 2**20 // 4)
     dst = torch.empty_like(src)
     ms, _, _ = timer(lambda i: dst.copy_(src))
     return 2 * src.numel() * 4 / (ms * 1e-3) / 1e9
@@ -131,13 +124,14 @@ def run_shape(args, device, timer, copy_gbps, batch, dim, size, k, dtype_name):
     dtype = DTYPES[dtype_name]
     rows = []
     inputs = {}
+    act_bytes = batch * dim * size * size * torch.finfo(dtype).bits // 8
+    rotate = args.rotate or (gpu_timing.rotation_count(2 * act_bytes, device) if device.type == "cuda" else 1)
     for layout in args.layouts:
         fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
         xs = [torch.randn(batch, dim, size, size, device=device, dtype=dtype).contiguous(memory_format=fmt)
-              for _ in range(args.rotate)]
+              for _ in range(rotate)]
         dys = [torch.randn_like(x) for x in xs]
         inputs[layout] = (xs, dys)
-    act_bytes = batch * dim * size * size * torch.finfo(dtype).bits // 8
     for (name, layout), module in make_candidates(args, device, dim, k, dtype).items():
         xs, dys = inputs[layout]
         for mode in args.modes:
@@ -157,12 +151,8 @@ def run_shape(args, device, timer, copy_gbps, batch, dim, size, k, dtype_name):
                     module(xs_grad[i % len(xs)]).backward(dys[i % len(dys)])
                 compulsory = 4 * act_bytes
                 saved = saved_bytes(lambda: module(xs_grad[0]))
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-                torch.cuda.reset_peak_memory_stats()
-                base = torch.cuda.memory_allocated()
             median, p20, p80 = timer(fn)
-            peak = torch.cuda.max_memory_allocated() - base if device.type == "cuda" else ""
+            peak = gpu_timing.peak_memory_bytes(lambda: fn(0)) if device.type == "cuda" else ""
             gbps = compulsory / (median * 1e-3) / 1e9
             rows.append(dict(
                 op="mixer_block", mode="eval_fwd" if mode == "eval" else "train_fwd_bwd", backend=name,
@@ -209,7 +199,8 @@ def main(argv=None):
     parser.add_argument("--activation", default="gelu")
     parser.add_argument("--warmup", type=int, default=None)
     parser.add_argument("--repeats", type=int, default=None)
-    parser.add_argument("--rotate", type=int, default=None, help="input sets cycled through (GPU: beat L2)")
+    parser.add_argument("--rotate", type=int, default=None,
+                        help="input sets cycled through (default: 1 on cpu; on cuda enough to span 3x L2)")
     parser.add_argument("--baselines", default=None,
                         help="eager,compile,compile-max-autotune (default: all three on cuda; eager,compile "
                              "on cpu, where max-autotune takes minutes to tune on a small machine)")
@@ -227,7 +218,6 @@ def main(argv=None):
                      [b for b in cmk.available_backends(device) if b != "eager"])
     args.warmup = args.warmup if args.warmup is not None else (10 if gpu else 3)
     args.repeats = args.repeats if args.repeats is not None else (100 if gpu else 15)
-    args.rotate = args.rotate if args.rotate is not None else (4 if gpu else 1)
     args.baselines = (args.baselines or ("eager,compile,compile-max-autotune" if gpu else "eager,compile")).split(",")
 
     timer = Timer(device, args.warmup, args.repeats)

@@ -1,0 +1,227 @@
+"""The `triton` backend of mixer_block: the backend interface of ops/backends.py on top
+of the kernels in this package.
+
+Passes (one launch each):
+  eval forward      apply                                   (BN folded to a per-channel affine)
+  training forward  stats -> merge_welford -> apply          (batch mean and biased variance)
+  backward          [stats (pass 1) -> sum] -> dh (pass 2) -> sum -> dx (3a), dw (3b) -> sum
+Pass 1 runs only with batch statistics; with frozen BN pass 2 also reduces the sums
+for dgamma and dbeta. Passes 3a and 3b both read dh with its halo.
+Every reduction goes through per-region partials and reductions.py: no atomics, the
+same bits on every run with a fixed config.
+"""
+
+import os
+from types import SimpleNamespace
+from typing import Optional
+
+import torch
+import triton
+
+from . import kernels_channels_last as cl
+from . import kernels_nchw as nchw
+from . import reductions, tuning
+from .activations import CODES
+
+_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+_KERNELS = {
+    "channels_last": SimpleNamespace(
+        apply=tuning.Tunable(cl.forward_apply, tuning.CL_TILE_CONFIGS, tuning.cl_tile_default),
+        stats=tuning.Tunable(cl.forward_stats, tuning.CL_TILE_CONFIGS, tuning.cl_tile_default),
+        backward_stats=tuning.Tunable(cl.backward_stats, tuning.CL_TILE_CONFIGS, tuning.cl_tile_default),
+        backward_dh=tuning.Tunable(cl.backward_dh, tuning.CL_TILE_CONFIGS, tuning.cl_tile_default),
+        backward_dx=tuning.Tunable(cl.backward_dx, tuning.CL_TILE_CONFIGS, tuning.cl_tile_default),
+        backward_dw=tuning.Tunable(cl.backward_dw, tuning.CL_DW_CONFIGS, tuning.CL_DW_DEFAULT),
+    ),
+    "nchw": SimpleNamespace(
+        apply=tuning.Tunable(nchw.forward_apply, tuning.NCHW_TILE_CONFIGS, tuning.NCHW_TILE_DEFAULT),
+        stats=tuning.Tunable(nchw.forward_stats, tuning.NCHW_TILE_CONFIGS, tuning.NCHW_TILE_DEFAULT),
+        backward_stats=tuning.Tunable(nchw.backward_stats, tuning.NCHW_TILE_CONFIGS, tuning.NCHW_TILE_DEFAULT),
+        backward_dh=tuning.Tunable(nchw.backward_dh, tuning.NCHW_TILE_CONFIGS, tuning.NCHW_TILE_DEFAULT),
+        backward_dx=tuning.Tunable(nchw.backward_dx, tuning.NCHW_TILE_CONFIGS, tuning.NCHW_TILE_DEFAULT),
+        backward_dw=tuning.Tunable(nchw.backward_dw, tuning.NCHW_DW_CONFIGS, tuning.NCHW_DW_DEFAULT),
+    ),
+}
+
+# Fixed block sizes of the small reductions, so their summation order depends on the
+# shapes alone.
+_RED_BLOCK_P = 32
+_RED_BLOCK_C = 64
+_RED_BLOCK_COLS = 128
+
+_INT32_MAX = 2**31 - 1
+
+
+def why_unavailable(device: torch.device, dtype: torch.dtype) -> Optional[str]:
+    if dtype not in _DTYPES:
+        return f"the triton kernels support float32, float16 and bfloat16, not {dtype}"
+    if device.type == "cuda":
+        return None if torch.cuda.is_available() else "no CUDA device is available"
+    if device.type == "cpu":
+        if os.environ.get("TRITON_INTERPRET") == "1":
+            return None
+        return "the triton backend runs on CUDA tensors (on CPU only under TRITON_INTERPRET=1)"
+    return f"the triton backend runs on CUDA tensors, not {device.type}"
+
+
+def _multiprocessors(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return 4
+
+
+class _Problem:
+    """Shapes, layout, kernels and prepared weight of one call."""
+
+    def __init__(self, x, weight, activation):
+        self.N, self.C, self.H, self.W = x.shape
+        self.K = weight.shape[-1]
+        if x.is_contiguous():
+            self.layout = "nchw"
+        elif x.is_contiguous(memory_format=torch.channels_last):
+            self.layout = "channels_last"
+        else:
+            raise ValueError("triton backend: x must be contiguous NCHW or channels_last")
+        if self.C * self.H * self.W > _INT32_MAX:
+            raise ValueError(f"triton backend: one image of x must hold fewer than 2**31 elements, got "
+                             f"{self.C}x{self.H}x{self.W}")
+        self.kernels = _KERNELS[self.layout]
+        self.act = CODES[activation]
+        kk = self.K * self.K
+        # float32 weights, tap-major [k*k, C] for channels_last (a contiguous vector per
+        # tap), channel-major [C, k*k] for NCHW (a scalar run per plane).
+        flat = weight.reshape(self.C, kk)
+        if self.layout == "channels_last":
+            self.w = torch.empty((kk, self.C), dtype=torch.float32, device=x.device).copy_(flat.t())
+        else:
+            self.w = flat.to(torch.float32).contiguous()
+        self._regions(x.device)
+
+    def w_flipped(self) -> torch.Tensor:
+        # The taps in reverse order, w[k-1-i, k-1-j]: the kernel of the transposed conv.
+        return self.w.flip(0 if self.layout == "channels_last" else 1)
+
+    def _regions(self, device):
+        # Reductions run one program per (image, band of rows) and channel block; split
+        # the images into bands of at least 8 rows until there are programs for every
+        # multiprocessor a few times over.
+        per_band = self.N * (self.C if self.layout == "nchw" else triton.cdiv(self.C, 64))
+        target = 4 * _multiprocessors(device)
+        rows = self.H
+        while rows > 8 and per_band * triton.cdiv(self.H, rows) < target:
+            rows = triton.cdiv(rows, 2)
+        self.band_rows = rows
+        self.n_bands = triton.cdiv(self.H, rows)
+        self.P = self.N * self.n_bands
+        if self.P * self.K * self.K * self.C > _INT32_MAX:
+            raise ValueError("triton backend: the weight-gradient partials would exceed 2**31 elements")
+
+    def region_grid(self, groups=1):
+        if self.layout == "nchw":
+            return lambda m: (self.N * self.C * self.n_bands * groups,)
+        return lambda m: (self.P * groups * triton.cdiv(self.C, m["BLOCK_C"]),)
+
+    def tile_grid(self):
+        def grid(m):
+            tiles = triton.cdiv(self.H, m["BLOCK_H"]) * triton.cdiv(self.W, m["BLOCK_W"])
+            if self.layout == "nchw":
+                return (self.N * self.C * tiles,)
+            return (self.N * tiles * triton.cdiv(self.C, m["BLOCK_C"]),)
+
+        return grid
+
+
+def _or(t: Optional[torch.Tensor], dummy: torch.Tensor) -> torch.Tensor:
+    # Pointer arguments the kernel never reads (HAS_* is False) still need a tensor.
+    return dummy if t is None else t
+
+
+def _column_sum(part: torch.Tensor, out: torch.Tensor, inner: int = 0, outer: int = 1) -> torch.Tensor:
+    """out = part.sum(0) in a fixed order, part [P, cols] with any row stride; see
+    reductions.sum_partials for inner/outer."""
+    cols = part.shape[1]
+    reductions.sum_partials[(triton.cdiv(cols, _RED_BLOCK_COLS),)](
+        part, out, part.shape[0], cols, part.stride(0), inner or cols, outer,
+        BLOCK_P=_RED_BLOCK_P, BLOCK_COLS=_RED_BLOCK_COLS,
+    )
+    return out
+
+
+def _apply(prob, x, bias, gamma, beta, mean, var, eps):
+    y = torch.empty_like(x)
+    prob.kernels.apply.launch(
+        prob.tile_grid(), x, prob.w, _or(bias, prob.w), _or(gamma, mean), _or(beta, mean), mean, var, y,
+        prob.C, prob.H, prob.W, eps,
+        K=prob.K, ACT=prob.act, HAS_BIAS=bias is not None, HAS_GAMMA=gamma is not None,
+        HAS_BETA=beta is not None,
+    )
+    return y
+
+
+def forward_eval(x, weight, bias, gamma, beta, running_mean, running_var, eps, activation):
+    prob = _Problem(x, weight, activation)
+    return _apply(prob, x, bias, gamma, beta, running_mean, running_var, eps)
+
+
+def forward_train(x, weight, bias, gamma, beta, eps, activation):
+    prob = _Problem(x, weight, activation)
+    f32 = dict(dtype=torch.float32, device=x.device)
+    part_mean = torch.empty((prob.P, prob.C), **f32)
+    part_m2 = torch.empty((prob.P, prob.C), **f32)
+    prob.kernels.stats.launch(
+        prob.region_grid(), x, prob.w, _or(bias, prob.w), part_mean, part_m2,
+        prob.C, prob.H, prob.W, prob.n_bands, prob.band_rows,
+        K=prob.K, ACT=prob.act, HAS_BIAS=bias is not None,
+    )
+    mean = torch.empty((prob.C,), **f32)
+    var = torch.empty((prob.C,), **f32)
+    reductions.merge_welford[(triton.cdiv(prob.C, _RED_BLOCK_C),)](
+        part_mean, part_m2, mean, var, prob.C, prob.P, prob.n_bands, prob.band_rows, prob.H, prob.W,
+        BLOCK_P=_RED_BLOCK_P, BLOCK_C=_RED_BLOCK_C,
+    )
+    return _apply(prob, x, bias, gamma, beta, mean, var, eps), mean, var
+
+
+def backward(grad_out, x, weight, bias, gamma, mean, var, eps, batch_stats, activation):
+    prob = _Problem(x, weight, activation)
+    if grad_out.stride() != x.stride():
+        grad_out = grad_out.contiguous(
+            memory_format=torch.contiguous_format if prob.layout == "nchw" else torch.channels_last
+        )
+    f32 = dict(dtype=torch.float32, device=x.device)
+    C, P, K = prob.C, prob.P, prob.K
+    kernels = prob.kernels
+    region_args = (C, prob.H, prob.W, prob.n_bands, prob.band_rows)
+    has = dict(K=K, ACT=prob.act, HAS_BIAS=bias is not None)
+
+    if batch_stats:
+        part = torch.empty((P, 2, C), **f32)
+        kernels.backward_stats.launch(
+            prob.region_grid(), x, prob.w, _or(bias, prob.w), mean, var, grad_out, part, *region_args, eps, **has
+        )
+        dbeta = _column_sum(part[:, 0], torch.empty((C,), **f32))
+        dgamma = _column_sum(part[:, 1], torch.empty((C,), **f32))
+        sum_dy, sum_dy_xhat = dbeta, dgamma
+    else:
+        sum_dy = sum_dy_xhat = mean  # frozen BN: pass 2 reduces these sums itself
+    dh = torch.empty_like(x, dtype=torch.float32)
+    part = torch.empty((P, 1 if batch_stats else 3, C), **f32)
+    kernels.backward_dh.launch(
+        prob.region_grid(), x, prob.w, _or(bias, prob.w), _or(gamma, mean), mean, var, grad_out,
+        sum_dy, sum_dy_xhat, dh, part,
+        *region_args, eps, 1.0 / (prob.N * prob.H * prob.W),
+        **has, HAS_GAMMA=gamma is not None, BATCH_STATS=batch_stats,
+    )
+    dbias = _column_sum(part[:, 0], torch.empty((C,), **f32))
+    if not batch_stats:
+        dbeta = _column_sum(part[:, 1], torch.empty((C,), **f32))
+        dgamma = _column_sum(part[:, 2], torch.empty((C,), **f32))
+
+    dx = torch.empty_like(x)
+    kernels.backward_dx.launch(prob.tile_grid(), dh, prob.w_flipped(), grad_out, dx, C, prob.H, prob.W, K=K)
+    group = min(K, tuning.DW_ACCUMULATORS // K)
+    part = torch.empty((P, K * K, C), **f32)
+    kernels.backward_dw.launch(prob.region_grid(triton.cdiv(K, group)), dh, x, part, *region_args, K=K, GROUP=group)
+    dweight = _column_sum(part.view(P, K * K * C), torch.empty((C, 1, K, K), **f32), inner=C, outer=K * K)
+    return dx, dweight, dbias, dgamma, dbeta

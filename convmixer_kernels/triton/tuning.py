@@ -1,0 +1,132 @@
+"""Tile shapes and warps of each kernel: the small autotuning config sets, the fixed
+defaults, and the switch between them.
+
+Every heavy kernel is autotuned over its configs, keyed on (C, H, W, K) and, by
+triton.autotune itself, on the dtypes of the tensor arguments; each layout has its own
+kernels, so its own key space. The fixed default runs instead when
+CONVMIXER_KERNELS_TRITON_AUTOTUNE=0, under TRITON_INTERPRET=1 (timing interpreted
+programs is pointless and slow) and when torch.use_deterministic_algorithms is on: a
+tile shape changes the order of the floating-point sums, so only a fixed config gives
+bitwise-identical results from one process to the next.
+
+Autotuning runs at the first call for a new key; warm a shape up before capturing it
+in a CUDA graph.
+"""
+
+import os
+from typing import Callable, Dict, List, Union
+
+import torch
+import triton
+
+AUTOTUNE_ENV = "CONVMIXER_KERNELS_TRITON_AUTOTUNE"
+
+
+def autotune_enabled() -> bool:
+    return (
+        os.environ.get(AUTOTUNE_ENV, "1") != "0"
+        and os.environ.get("TRITON_INTERPRET", "0") != "1"
+        and not torch.are_deterministic_algorithms_enabled()
+    )
+
+
+def _config(num_warps: int, **blocks) -> triton.Config:
+    return triton.Config(blocks, num_warps=num_warps, num_stages=2)
+
+
+def _prune(configs: List[triton.Config], named_args: Dict, **kwargs) -> List[triton.Config]:
+    # Drop tiles that overhang the problem by more than twice (C = 8, or a 7 x 7 image,
+    # would mostly compute masked-off lanes); keep the smallest if none fits.
+    limits = {"BLOCK_C": named_args["C"], "BLOCK_H": named_args["H"], "BLOCK_W": named_args["W"]}
+
+    def fits(cfg):
+        return all(cfg.kwargs[name] <= 2 * triton.next_power_of_2(limit) for name, limit in limits.items()
+                   if name in cfg.kwargs)
+
+    kept = [cfg for cfg in configs if fits(cfg)]
+    if kept:
+        return kept
+    return [min(configs, key=lambda cfg: sum(v for k, v in cfg.kwargs.items() if k.startswith("BLOCK_")))]
+
+
+class Tunable:
+    """A @triton.jit kernel with its autotuned twin and a fixed default config (a Config,
+    or a function of the kernel size k giving one)."""
+
+    def __init__(self, fn, configs: List[triton.Config],
+                 default: Union[triton.Config, Callable[[int], triton.Config]]):
+        self.fn = fn
+        self.configs = configs
+        self.default = default
+        self._tuned = triton.autotune(
+            configs=configs, key=["C", "H", "W", "K"], prune_configs_by={"early_config_prune": _prune}
+        )(fn)
+
+    def launch(self, grid: Callable[[Dict], tuple], *args, **kwargs) -> None:
+        """grid maps the meta-parameters (BLOCK_*) to the launch grid."""
+        if autotune_enabled():
+            self._tuned[grid](*args, **kwargs)
+        else:
+            config = self.default if isinstance(self.default, triton.Config) else self.default(kwargs["K"])
+            meta = dict(config.kwargs)
+            self.fn[grid(meta)](*args, **kwargs, **meta, num_warps=config.num_warps, num_stages=config.num_stages)
+
+
+# channels_last: BLOCK_C contiguous channels x BLOCK_H rows x BLOCK_W columns, the
+# columns register-blocked (kernels_channels_last._conv_cols): BLOCK_W + k - 1 column
+# tensors of BLOCK_H * BLOCK_C / (32 * num_warps) values per thread are live per kernel row.
+CL_TILE_CONFIGS = [
+    _config(4, BLOCK_H=8, BLOCK_W=8, BLOCK_C=64),
+    _config(8, BLOCK_H=16, BLOCK_W=8, BLOCK_C=64),
+    _config(4, BLOCK_H=16, BLOCK_W=4, BLOCK_C=64),
+    _config(4, BLOCK_H=4, BLOCK_W=16, BLOCK_C=64),
+    _config(2, BLOCK_H=4, BLOCK_W=8, BLOCK_C=64),
+    _config(4, BLOCK_H=8, BLOCK_W=8, BLOCK_C=32),
+]
+
+
+def cl_tile_default(k: int) -> triton.Config:
+    # Above k = 11 the BLOCK_W + k - 1 live input columns no longer fit in registers at 4
+    # values per thread (ptxas spills for sm_90); the narrower channel block holds 2.
+    return CL_TILE_CONFIGS[0] if k <= 11 else CL_TILE_CONFIGS[5]
+
+
+# NCHW: a BLOCK_H x BLOCK_W tile of one plane, W contiguous, its rows register-blocked
+# in RB interleaved groups of BLOCK_H / RB rows (kernels_nchw._conv_rows): RB accumulators
+# of BLOCK_H * BLOCK_W / (RB * 32 * num_warps) values per thread.
+NCHW_TILE_CONFIGS = [
+    _config(2, BLOCK_H=32, BLOCK_W=32, RB=8),
+    _config(1, BLOCK_H=32, BLOCK_W=32, RB=8),
+    _config(1, BLOCK_H=32, BLOCK_W=32, RB=16),
+    _config(1, BLOCK_H=16, BLOCK_W=64, RB=8),
+    _config(1, BLOCK_H=16, BLOCK_W=32, RB=8),
+    _config(2, BLOCK_H=64, BLOCK_W=32, RB=16),
+]
+NCHW_TILE_DEFAULT = NCHW_TILE_CONFIGS[0]
+
+# Backward pass 3b (the weight gradient) keeps one accumulator per weight tap of its
+# group in registers, so its tiles hold one value per thread and row or column group:
+# BLOCK_H * BLOCK_C == 32 * num_warps (channels_last), BLOCK_H * BLOCK_W / RB ==
+# 32 * num_warps (NCHW).
+CL_DW_CONFIGS = [
+    _config(4, BLOCK_H=4, BLOCK_W=8, BLOCK_C=32),
+    _config(4, BLOCK_H=2, BLOCK_W=8, BLOCK_C=64),
+    _config(8, BLOCK_H=8, BLOCK_W=8, BLOCK_C=32),
+    _config(4, BLOCK_H=4, BLOCK_W=4, BLOCK_C=32),
+    _config(2, BLOCK_H=2, BLOCK_W=8, BLOCK_C=32),
+]
+CL_DW_DEFAULT = CL_DW_CONFIGS[0]
+
+NCHW_DW_CONFIGS = [
+    _config(4, BLOCK_H=32, BLOCK_W=32, RB=8),
+    _config(4, BLOCK_H=16, BLOCK_W=32, RB=4),
+    _config(4, BLOCK_H=32, BLOCK_W=64, RB=16),
+    _config(2, BLOCK_H=16, BLOCK_W=32, RB=8),
+]
+NCHW_DW_DEFAULT = NCHW_DW_CONFIGS[0]
+
+# Weight-gradient accumulators a pass-3b program may hold: its group is
+# min(k, DW_ACCUMULATORS // k) tap rows (columns for NCHW), so up to k = 8 one program
+# covers all k*k taps, k = 9 takes 2 groups and k = 31 16. More spill registers on sm_90
+# (ptxas), the shifted input loads of the unrolled group being live at once.
+DW_ACCUMULATORS = 64
