@@ -158,7 +158,7 @@ def run_shape(args, device, timer, copy_gbps, batch, dim, size, k, dtype_name):
                 op="mixer_block", mode="eval_fwd" if mode == "eval" else "train_fwd_bwd", backend=name,
                 dtype=dtype_name, layout=layout, shape=f"{batch}x{dim}x{size}x{size}", k=k,
                 activation=args.activation, median_ms=f"{median:.4f}", p20_ms=f"{p20:.4f}", p80_ms=f"{p80:.4f}",
-                gbps=f"{gbps:.1f}", frac_copy=f"{gbps / copy_gbps:.3f}", copy_gbps=f"{copy_gbps:.1f}",
+                gbps=f"{gbps:.4g}", frac_copy=f"{gbps / copy_gbps:.4g}", copy_gbps=f"{copy_gbps:.1f}",
                 peak_mem_bytes=peak, saved_for_backward_bytes=saved, device=device_name(device),
                 torch=torch.__version__, triton=_triton_version(), commit=git_commit(),
                 date=datetime.date.today().isoformat(),

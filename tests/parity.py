@@ -10,6 +10,7 @@
 
 import contextlib
 import os
+import statistics
 from dataclasses import dataclass, replace
 from typing import Optional
 
@@ -202,24 +203,45 @@ def run_block(inputs: Inputs, *, training: bool, backend: Optional[str], momentu
     return result
 
 
-def check_backend(inputs: Inputs, backend: str, *, training: bool, grads: bool = True, momentum=0.1):
+def check_backend(inputs: Inputs, backend: str, *, training: bool, grads: bool = True, momentum=0.1,
+                  trials: Optional[int] = None):
     """Runs `backend` and eager at inputs' precision and the float64 CPU reference, and
-    asserts the backend's outputs, running stats and gradients are within bounds."""
+    asserts the backend's outputs, running stats and gradients are within bounds.
+
+    Training gradients pass through BatchNorm's invariances (sum(da) = 0, and for k = 1
+    the conv's scale), so dbias/dweight are sums that cancel and a single draw's error is
+    mostly luck, eager's included. There the bound compares the median error over
+    `trials` fresh inputs (default 5) with eager's median; elsewhere one draw decides."""
+    if trials is None:
+        trials = 5 if training and grads else 1
     dtype = inputs.case.dtype
-    out = run_block(inputs, training=training, backend=backend, grads=grads, momentum=momentum)
-    assert out["y"].dtype == dtype
-    if inputs.case.layout == "channels_last":
-        assert out["y"].is_contiguous(memory_format=torch.channels_last), "output lost channels_last"
-    eager = run_block(inputs, training=training, backend=None, grads=grads, momentum=momentum)
-    ref = run_block(inputs.to(dtype=torch.float64, device="cpu"), training=training, backend=None,
-                    grads=grads, momentum=momentum)
-    for name in ("y", "running_mean", "running_var", "dx", "dweight", "dbias", "dgamma", "dbeta"):
-        if name not in ref or ref[name] is None:
-            assert out.get(name) is None, f"{name} should be None"
-            continue
-        # Running statistics are float32 (float64) vectors in any case.
-        stat_dtype = dtype if name in ("y", "dx", "dweight", "dbias") else (
+    errors = {}
+    for trial in range(trials):
+        inp = inputs if trial == 0 else make_inputs(inputs.case)
+        out = run_block(inp, training=training, backend=backend, grads=grads, momentum=momentum)
+        assert out["y"].dtype == dtype
+        if inp.case.layout == "channels_last":
+            assert out["y"].is_contiguous(memory_format=torch.channels_last), "output lost channels_last"
+        eager = run_block(inp, training=training, backend=None, grads=grads, momentum=momentum)
+        ref = run_block(inp.to(dtype=torch.float64, device="cpu"), training=training, backend=None,
+                        grads=grads, momentum=momentum)
+        for name in ("y", "running_mean", "running_var", "dx", "dweight", "dbias", "dgamma", "dbeta"):
+            if name not in ref or ref[name] is None:
+                assert out.get(name) is None, f"{name} should be None"
+                continue
+            assert out[name].dtype == eager[name].dtype, f"{name}: dtype {out[name].dtype} != eager's {eager[name].dtype}"
+            assert out[name].shape == ref[name].shape, f"{name}: shape {tuple(out[name].shape)} != {tuple(ref[name].shape)}"
+            if ref[name].isfinite().all():
+                assert out[name].isfinite().all(), f"{name}: non-finite values (unwritten?) for {inp.case} seed {inp.seed}"
+            errors.setdefault(name, []).append((rel_err(out[name], ref[name]), rel_err(eager[name], ref[name]), inp.seed))
+    for name, draws in errors.items():
+        # Running statistics and BN gradients are float32 (float64) vectors in any case.
+        bound_dtype = dtype if name in ("y", "dx", "dweight", "dbias") else (
             torch.float64 if dtype == torch.float64 else torch.float32)
-        assert out[name].dtype == eager[name].dtype, f"{name}: dtype {out[name].dtype} != eager's {eager[name].dtype}"
-        assert_close(name, out[name], ref[name], eager[name], stat_dtype, inputs)
-    return out
+        err = statistics.median(d[0] for d in draws)
+        eager_err = statistics.median(d[1] for d in draws)
+        bound = 2 * eager_err + ATOL[bound_dtype]
+        assert err <= bound, (
+            f"{name}: error {err:.3g} > bound {bound:.3g} (eager {eager_err:.3g}; median of {trials}) for "
+            f"{inputs.case} seeds {[d[2] for d in draws]}"
+        )

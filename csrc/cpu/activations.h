@@ -1,0 +1,199 @@
+// The four activations of the mixer block and their derivatives on SIMD vectors.
+//
+// Act<A, T>::fwd(h) = act(h); Act<A, T>::fwd_grad(h, &d) returns act(h) and sets
+// d = act'(h); Act<A, T>::chain(d, da) = dL/dh given dL/da. NaN and +-inf give what
+// eager PyTorch gives (e.g. gelu(-inf) = NaN, relu(NaN) = NaN, the relu gradient at a NaN
+// input passes the incoming gradient like threshold_backward), except that gelu(+inf) is
+// +inf, the true limit (float32 eager returns NaN there, float64 eager +inf).
+//
+// The float GELUs, the costliest part of the epilogue, are piecewise quintics looked up
+// from act_tables.h (a few FMAs and permutes a vector); double and the other
+// activations use exp/erfc.
+#pragma once
+
+#include <type_traits>
+
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
+#include "../mixer_block_params.h"
+#include "act_tables.h"
+#include "simd.h"
+#include "vec_math.h"
+
+namespace convmixer_kernels {
+namespace cpu {
+
+template <Activation A, typename T>
+struct Act;
+
+// gelu(h) = h * Phi(h), Phi(h) = erfc(-h / sqrt 2) / 2, evaluated as 1 - erfc(|z|) / 2
+// for h >= 0 and erfc(|z|) / 2 below, so the negative tail keeps full relative accuracy
+// instead of cancelling in 1 + erf.
+template <typename T>
+struct Act<Activation::kGelu, T> {
+  using V = Vec<T>;
+  static V phi(V h, V* e) {
+    const V z = h * T(0.70710678118654752440);
+    const V az = z < T(0) ? -z : z;
+    *e = vexp(-(az * az));  // exp(-h^2 / 2), shared with the derivative
+    const V ec = verfc_nonneg(az, *e);
+    return z >= T(0) ? T(1) - T(0.5) * ec : T(0.5) * ec;
+  }
+  static V fwd(V h) {
+    V e;
+    return h * phi(h, &e);
+  }
+  static V fwd_grad(V h, V* d) {
+    V e;
+    const V p = phi(h, &e);
+    *d = p + h * e * T(0.39894228040143267794);  // Phi + h * pdf(h)
+    return h * p;
+  }
+  static V chain(V d, V da) { return d * da; }
+};
+
+// gelu_tanh(h) = h (1 + tanh(u)) / 2 = h * sigmoid(2u), u = sqrt(2/pi) (h + 0.044715 h^3).
+// The sigmoid form avoids tanh and the cancellation in 1 + tanh(u) for h < 0.
+template <typename T>
+struct Act<Activation::kGeluTanh, T> {
+  using V = Vec<T>;
+  static constexpr T kBeta = T(0.79788456080286535588);  // sqrt(2 / pi)
+  static constexpr T kKappa = T(0.044715);
+  static V fwd(V h) {
+    const V u = kBeta * (h + kKappa * h * h * h);
+    return h / (T(1) + vexp(T(-2) * u));
+  }
+  static V fwd_grad(V h, V* d) {
+    const V h2 = h * h;
+    const V u = kBeta * (h + kKappa * h2 * h);
+    const V e = vexp(T(-2) * u);
+    const V s = T(1) / (T(1) + e);
+    // 1 - s = e * s without cancellation while e < 1 (s > 1/2).
+    const V sc = e < T(1) ? e * s : T(1) - s;
+    const V du = kBeta * (T(1) + T(3) * kKappa * h2);
+    // d/dh [h sigmoid(2u)] = s + h * 2 s (1 - s) u'
+    *d = s + T(2) * h * s * sc * du;
+    return h * s;
+  }
+  static V chain(V d, V da) { return d * da; }
+};
+
+// Position of x in the tables: interval i (clamped to [0, 31]) and local coordinate u.
+// Outside [-6, 6] (and for NaN) i and u are meaningless; callers select those lanes away
+// or let a NaN u carry through.
+struct TableIndex {
+  IVec<float> i;
+  Vec<float> u;
+};
+
+inline TableIndex table_index(Vec<float> x) {
+  using V = Vec<float>;
+  using I = IVec<float>;
+  constexpr float kScale = kActTableIntervals / (2 * kActTableHalfRange);
+  const V t = (x + kActTableHalfRange) * kScale;
+  // Clamped before the conversion so that no out-of-range float is converted.
+  V tc = t > 0.0f ? t : V{};
+  tc = tc < float(kActTableIntervals - 1) ? tc : vsplat(float(kActTableIntervals - 1));
+  TableIndex r;
+  r.i = __builtin_convertvector(tc, I);
+  r.u = t - (__builtin_convertvector(r.i, V) + 0.5f);
+  return r;
+}
+
+inline Vec<float> table_lookup(const float (&row)[kActTableIntervals], const IVec<float>& i) {
+#if defined(__AVX512F__)
+  static_assert(kLanes<float> == 16 && kActTableIntervals == 32, "one two-register permute per lookup");
+  return (Vec<float>)_mm512_permutex2var_ps(_mm512_load_ps(row), (__m512i)i, _mm512_load_ps(row + 16));
+#else
+  Vec<float> r;
+  for (int l = 0; l < kLanes<float>; ++l) r[l] = row[i[l]];
+  return r;
+#endif
+}
+
+inline Vec<float> table_eval(const float (&c)[kActTableDegree + 1][kActTableIntervals], const TableIndex& ti) {
+  Vec<float> p = table_lookup(c[kActTableDegree], ti.i);
+  for (int k = kActTableDegree - 1; k >= 0; --k) p = p * ti.u + table_lookup(c[k], ti.i);
+  return p;
+}
+
+// act(h) = h * F(h) with F a CDF tabulated on [-6, 6], 0 below and 1 above; F' = Pdf.
+template <const float (&Cdf)[kActTableDegree + 1][kActTableIntervals],
+          const float (&Pdf)[kActTableDegree + 1][kActTableIntervals]>
+struct TabulatedGelu {
+  using V = Vec<float>;
+  static V cdf(V h, const TableIndex& ti) {
+    V f = table_eval(Cdf, ti);
+    f = h < -kActTableHalfRange ? V{} : f;
+    return h > kActTableHalfRange ? vsplat(1.0f) : f;
+  }
+  static V fwd(V h) { return h * cdf(h, table_index(h)); }
+  static V fwd_grad(V h, V* d) {
+    const TableIndex ti = table_index(h);
+    const V f = cdf(h, ti);
+    V pdf = table_eval(Pdf, ti);
+    pdf = (h < -kActTableHalfRange) | (h > kActTableHalfRange) ? V{} : pdf;
+    *d = f + h * pdf;  // at +-inf, inf * 0 = NaN as in eager
+    return h * f;
+  }
+  static V chain(V d, V da) { return d * da; }
+};
+
+template <>
+struct Act<Activation::kGelu, float> : TabulatedGelu<kGeluCdf, kGeluPdf> {};
+template <>
+struct Act<Activation::kGeluTanh, float> : TabulatedGelu<kGeluTanhCdf, kGeluTanhPdf> {};
+
+template <typename T>
+struct Act<Activation::kRelu, T> {
+  using V = Vec<T>;
+  // h < 0 is false for NaN and -0, which pass through as in torch.relu.
+  static V fwd(V h) { return h < T(0) ? V{} : h; }
+  static V fwd_grad(V h, V* d) {
+    *d = h <= T(0) ? V{} : vsplat(T(1));
+    return fwd(h);
+  }
+  // A select, not a product: the masked gradient is 0 even where da is inf or NaN.
+  static V chain(V d, V da) { return d == T(0) ? V{} : da; }
+};
+
+template <typename T>
+struct Act<Activation::kSilu, T> {
+  using V = Vec<T>;
+  static V fwd(V h) { return h / (T(1) + vexp(-h)); }
+  static V fwd_grad(V h, V* d) {
+    const V e = vexp(-h);
+    const V s = T(1) / (T(1) + e);
+    const V sc = e < T(1) ? e * s : T(1) - s;
+    *d = s * (T(1) + h * sc);  // sigmoid (1 + h (1 - sigmoid))
+    return h * s;
+  }
+  static V chain(V d, V da) { return d * da; }
+};
+
+template <Activation A>
+using ActTag = std::integral_constant<Activation, A>;
+
+// Calls f(ActTag<A>{}) for the runtime activation, so kernels get it as a constant.
+template <typename F>
+void with_activation(Activation act, F&& f) {
+  switch (act) {
+    case Activation::kGelu:
+      f(ActTag<Activation::kGelu>{});
+      return;
+    case Activation::kGeluTanh:
+      f(ActTag<Activation::kGeluTanh>{});
+      return;
+    case Activation::kRelu:
+      f(ActTag<Activation::kRelu>{});
+      return;
+    case Activation::kSilu:
+      f(ActTag<Activation::kSilu>{});
+      return;
+  }
+}
+
+}  // namespace cpu
+}  // namespace convmixer_kernels
