@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from parity import Case, assert_close, make_inputs, poisoned_outputs
+from parity import ATOL, Case, assert_close, make_inputs, poisoned_outputs, rel_err, run_block, summand_scales
 
 
 def test_poisoning_fills_empty_with_nan():
@@ -34,3 +34,16 @@ def test_assert_close_rejects_a_wrong_result():
         bad = ref.float().clone()
         bad[3] = float("nan")
         assert_close("y", bad, ref, ref.float(), torch.float32, inputs)
+
+
+def test_summand_scales_bound_the_gradients_and_still_see_one_term():
+    inputs = make_inputs(Case(n=2, c=5, h=7, w=7, k=1))
+    ref = run_block(inputs.to(dtype=torch.float64), training=True, backend=None, grads=True)
+    scales = summand_scales(inputs, training=True)
+    count = 2 * 7 * 7
+    for name in ("dweight", "dbias"):
+        assert scales[name].shape == ref[name].shape
+        assert (scales[name] >= ref[name].abs() * (1 - 1e-12)).all()
+        # An error the size of an average summand is far above the float32 bound.
+        off_by_a_term = ref[name] + scales[name] / count
+        assert rel_err(off_by_a_term, ref[name], scales[name]) > 100 * ATOL[torch.float32]

@@ -16,12 +16,7 @@ KERNEL_SIZES = (1, 2, 3, 7, 8, 9, 15, 31)
 @pytest.mark.parametrize("training", (False, True), ids=("eval", "train"))
 @pytest.mark.parametrize("layout", ("nchw", "channels_last", "sliced"))
 @pytest.mark.parametrize("k", KERNEL_SIZES)
-def test_kernel_sizes_and_layouts(backend, training, layout, k, request):
-    if backend == "cpu" and training and k == 1:
-        # Known gap, left open: at k = 1 BN's scale invariance makes dbias/dweight nearly
-        # cancel, and the CPU kernel's gelu rounds more than eager's (see test_sizes).
-        request.applymarker(pytest.mark.xfail(reason="CPU gelu rounding in cancelling k=1 gradients",
-                                              strict=False))
+def test_kernel_sizes_and_layouts(backend, training, layout, k):
     case = Case(n=2, c=17, h=13, w=13, k=k, layout=layout)
     check_backend(make_inputs(case), backend, training=training)
 
@@ -30,14 +25,8 @@ def test_kernel_sizes_and_layouts(backend, training, layout, k, request):
 @pytest.mark.parametrize("training", (False, True), ids=("eval", "train"))
 @pytest.mark.parametrize("size", ((1, 7, 7), (3, 31, 31), (1, 33, 33), (3, 1, 1), (2, 5, 12), (1, 32, 1)))
 @pytest.mark.parametrize("k", (3, 8, 9))
-def test_sizes(backend, training, size, k, request):
+def test_sizes(backend, training, size, k):
     n, h, w = size
-    if backend == "cpu" and training and n * h * w <= 3:
-        # Known gap, left open: with 3 values per channel BN amplifies the rounding of
-        # a = gelu(h), and the CPU kernel's vectorized erfc/exp round 2-4x more than
-        # eager's (median error ratio measured 2-4.5 on y and the gradients).
-        request.applymarker(pytest.mark.xfail(reason="CPU gelu rounding vs eager at 3 values per channel",
-                                              strict=False))
     for layout in ("nchw", "channels_last"):
         check_backend(make_inputs(Case(n=n, c=33, h=h, w=w, k=k, layout=layout)), backend, training=training)
 

@@ -91,14 +91,18 @@ struct TableIndex {
 inline TableIndex table_index(Vec<float> x) {
   using V = Vec<float>;
   using I = IVec<float>;
-  constexpr float kScale = kActTableIntervals / (2 * kActTableHalfRange);
-  const V t = (x + kActTableHalfRange) * kScale;
+  constexpr float kHalf = kActTableIntervals / 2;
+  // x in interval widths. Not (x + 6) / width: rounding x + 6 would move x by up to
+  // 2.4e-7, a few ulps of the activation near 0.
+  const V t = x * (kActTableIntervals / (2 * kActTableHalfRange));
   // Clamped before the conversion so that no out-of-range float is converted.
-  V tc = t > 0.0f ? t : V{};
+  V tc = t + kHalf;
+  tc = tc > 0.0f ? tc : V{};
   tc = tc < float(kActTableIntervals - 1) ? tc : vsplat(float(kActTableIntervals - 1));
   TableIndex r;
   r.i = __builtin_convertvector(tc, I);
-  r.u = t - (__builtin_convertvector(r.i, V) + 0.5f);
+  // Interval i is centred on i - 15.5 widths, an exact float.
+  r.u = t - (__builtin_convertvector(r.i, V) - (kHalf - 0.5f));
   return r;
 }
 
@@ -119,24 +123,36 @@ inline Vec<float> table_eval(const float (&c)[kActTableDegree + 1][kActTableInte
   return p;
 }
 
-// act(h) = h * F(h) with F a CDF tabulated on [-6, 6], 0 below and 1 above; F' = Pdf.
+// act(h) = h * F(h) with F a CDF, 0 below -6 and 1 above 6, and F' = Pdf. The Cdf table
+// holds F on h < 0 and F - 1/2 on h >= 0 (intervals 16..31), so act = h * table + h * o
+// with o = 0 or 1/2: small table values near 0 and no cancellation on either side keep
+// act within a few ulps.
 template <const float (&Cdf)[kActTableDegree + 1][kActTableIntervals],
           const float (&Pdf)[kActTableDegree + 1][kActTableIntervals]>
 struct TabulatedGelu {
   using V = Vec<float>;
-  static V cdf(V h, const TableIndex& ti) {
-    V f = table_eval(Cdf, ti);
-    f = h < -kActTableHalfRange ? V{} : f;
-    return h > kActTableHalfRange ? vsplat(1.0f) : f;
+  struct Parts {
+    V f;  // the table value (F, or F - 1/2)
+    V o;  // what it is short of F (0 or 1/2)
+  };
+  static Parts cdf(V h, const TableIndex& ti) {
+    Parts p;
+    p.f = table_eval(Cdf, ti);
+    p.o = ti.i >= kActTableIntervals / 2 ? vsplat(0.5f) : V{};
+    p.f = h < -kActTableHalfRange ? V{} : p.f;
+    p.f = h > kActTableHalfRange ? vsplat(0.5f) : p.f;
+    return p;
   }
-  static V fwd(V h) { return h * cdf(h, table_index(h)); }
+  // At -inf: -inf * 0 = NaN, as in eager.
+  static V apply(V h, const Parts& p) { return h * p.f + h * p.o; }
+  static V fwd(V h) { return apply(h, cdf(h, table_index(h))); }
   static V fwd_grad(V h, V* d) {
     const TableIndex ti = table_index(h);
-    const V f = cdf(h, ti);
+    const Parts p = cdf(h, ti);
     V pdf = table_eval(Pdf, ti);
     pdf = (h < -kActTableHalfRange) | (h > kActTableHalfRange) ? V{} : pdf;
-    *d = f + h * pdf;  // at +-inf, inf * 0 = NaN as in eager
-    return h * f;
+    *d = (p.f + h * pdf) + p.o;  // at +-inf, inf * 0 = NaN as in eager
+    return apply(h, p);
   }
   static V chain(V d, V da) { return d * da; }
 };
@@ -168,7 +184,7 @@ struct Act<Activation::kSilu, T> {
     const V s = T(1) / (T(1) + e);
     const V sc = e < T(1) ? e * s : T(1) - s;
     *d = s * (T(1) + h * sc);  // sigmoid (1 + h (1 - sigmoid))
-    return h * s;
+    return fwd(h);  // rounded as in the forward pass, whose batch statistics it meets
   }
   static V chain(V d, V da) { return d * da; }
 };

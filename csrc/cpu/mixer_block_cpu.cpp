@@ -187,23 +187,6 @@ void load_plane(const Geometry& g, const S* src, int64_t n, int64_t c, T* dst, i
     load_row(dst + (i + offset) * pitch + offset, base + i * g.stride_h, g.width, g.stride_w);
 }
 
-// always_inline: out of line, GCC deduces that a function made only of prefetches has
-// no side effects and deletes its calls.
-template <typename S>
-__attribute__((always_inline)) inline void prefetch_plane(const Geometry& g, const S* src, int64_t n, int64_t c, bool write) {
-  const char* base = reinterpret_cast<const char*>(src + n * g.stride_n + c * g.stride_c);
-  const int64_t row_bytes = g.width * g.stride_w * static_cast<int64_t>(sizeof(S));
-  for (int64_t i = 0; i < g.height; ++i) {
-    const char* r = base + i * g.stride_h * static_cast<int64_t>(sizeof(S));
-    for (int64_t b = 0; b < row_bytes; b += 64) {
-      if (write)
-        __builtin_prefetch(r + b, 1, 2);
-      else
-        __builtin_prefetch(r + b, 0, 2);
-    }
-  }
-}
-
 template <typename S, typename T>
 void load_weights(const S* weight, int64_t c, int K, T* w) {
   const S* src = weight + c * K * K;
@@ -399,10 +382,6 @@ void forward_eval_nchw(const ForwardParams& p) {
         [&](int64_t u, PlaneState<T>& st) {
           const int64_t n = u / g.channels, c = u % g.channels;
           load_plane(g, x, n, c, st.in.data(), pg.pitch, pg.left);
-          if (u + 1 < g.batch * g.channels) {
-            prefetch_plane(g, x, (u + 1) / g.channels, (u + 1) % g.channels, false);
-            prefetch_plane(g, y, (u + 1) / g.channels, (u + 1) % g.channels, true);
-          }
           load_weights(weight, c, pg.K, st.w.data());
           const T b = bias ? static_cast<T>(bias[c]) : T(0);
           conv_plane_k<T, decltype(kt)::value>(pg, st.in.data(), st.w.data(), b, st.h.data());
