@@ -10,6 +10,10 @@ rebuilt from the CSV (benchmarks/plot_results.py draws the PNGs). Timings are th
 (with p20, p80) of many runs after warm-up. GB/s counts compulsory traffic only: one read
 of x and one write of y (eval forward); plus one read of dy and one write of dx (training
 forward+backward); `frac_copy` divides it by the copy bandwidth measured in the same run.
+GFLOP/s counts the depthwise convolution's multiply-adds (2 k^2 per output; training:
+three convolutions, forward, input gradient and weight gradient); on a CPU, where the op
+is bound by FMA throughput rather than memory, `frac_sgemm` divides it by the rate of a
+float32 matrix multiply (MKL/oneDNN sgemm, near the machine's FMA peak) in the same run.
 """
 
 import argparse
@@ -55,6 +59,11 @@ def git_commit() -> str:
         return "unknown"
 
 
+def _quantiles(times):
+    q = statistics.quantiles(times, n=5) if len(times) >= 5 else [min(times)] * 4
+    return statistics.median(times), q[0], q[3]
+
+
 class Timer:
     """Median/p20/p80 in ms of `fn(i)` over `repeats` runs after `warmup` runs; i picks
     one of several input sets so a GPU run does not find its input in L2."""
@@ -63,17 +72,25 @@ class Timer:
         self.device, self.warmup, self.repeats = device, warmup, repeats
 
     def __call__(self, fn):
+        return self.interleaved([fn])[0]
+
+    def interleaved(self, fns):
+        """Times every fn. On a CPU the runs go round-robin (one run of each fn per
+        round), so a burst of load from elsewhere on a shared machine slows every
+        contender alike instead of whichever happened to be running; on a GPU, whose
+        timing CUDA events isolate, each fn runs back to back."""
         if self.device.type == "cuda":
-            return gpu_timing.cuda_time(fn, self.warmup, self.repeats)
-        for i in range(self.warmup):
-            fn(i)
-        times = []
+            return [gpu_timing.cuda_time(fn, self.warmup, self.repeats) for fn in fns]
+        for fn in fns:
+            for i in range(self.warmup):
+                fn(i)
+        times = [[] for _ in fns]
         for i in range(self.repeats):
-            t0 = time.perf_counter()
-            fn(i)
-            times.append((time.perf_counter() - t0) * 1e3)
-        q = statistics.quantiles(times, n=5) if len(times) >= 5 else [min(times)] * 4
-        return statistics.median(times), q[0], q[3]
+            for fn, t in zip(fns, times):
+                t0 = time.perf_counter()
+                fn(i)
+                t.append((time.perf_counter() - t0) * 1e3)
+        return [_quantiles(t) for t in times]
 
 
 def copy_bandwidth(device: torch.device, timer: Timer) -> float:
@@ -84,6 +101,16 @@ def copy_bandwidth(device: torch.device, timer: Timer) -> float:
     dst = torch.empty_like(src)
     ms, _, _ = timer(lambda i: dst.copy_(src))
     return 2 * src.numel() * 4 / (ms * 1e-3) / 1e9
+
+
+def sgemm_gflops(device: torch.device, timer: Timer):
+    """GFLOP/s of a 2048^3 float32 matmul on the CPU: the practical FMA ceiling. None on
+    a GPU, where the block is bound by memory and matmuls run on tensor cores."""
+    if device.type == "cuda":
+        return None
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    ms, _, _ = timer(lambda i: torch.mm(a, b))
+    return 2 * 2048**3 / (ms * 1e-3) / 1e9
 
 
 def saved_bytes(fn) -> int:
@@ -120,7 +147,8 @@ def make_candidates(args, device, dim, k, dtype):
     return candidates
 
 
-def run_shape(args, device, timer, copy_gbps, batch, dim, size, k, dtype_name):
+def run_shape(args, device, timer, ceilings, batch, dim, size, k, dtype_name):
+    copy_gbps, sgemm = ceilings
     dtype = DTYPES[dtype_name]
     rows = []
     inputs = {}
@@ -132,28 +160,31 @@ def run_shape(args, device, timer, copy_gbps, batch, dim, size, k, dtype_name):
               for _ in range(rotate)]
         dys = [torch.randn_like(x) for x in xs]
         inputs[layout] = (xs, dys)
-    for (name, layout), module in make_candidates(args, device, dim, k, dtype).items():
-        xs, dys = inputs[layout]
-        for mode in args.modes:
+    candidates = make_candidates(args, device, dim, k, dtype)
+    for mode in args.modes:
+        jobs = []
+        for (name, layout), module in candidates.items():
+            xs, dys = inputs[layout]
             if mode == "eval":
                 module.eval()
 
-                def fn(i):
+                def fn(i, module=module, xs=xs):
                     with torch.no_grad():
                         module(xs[i % len(xs)])
-                compulsory = 2 * act_bytes
-                saved = 0
+                jobs.append((name, layout, fn, 2 * act_bytes, 1, 0))
             else:
                 module.train()
                 xs_grad = [x.detach().requires_grad_() for x in xs]
 
-                def fn(i):
-                    module(xs_grad[i % len(xs)]).backward(dys[i % len(dys)])
-                compulsory = 4 * act_bytes
-                saved = saved_bytes(lambda: module(xs_grad[0]))
-            median, p20, p80 = timer(fn)
+                def fn(i, module=module, xs_grad=xs_grad, dys=dys):
+                    module(xs_grad[i % len(xs_grad)]).backward(dys[i % len(dys)])
+                # Compulsory traffic: x, y, dy, dx; convolutions: forward, input and weight gradients.
+                jobs.append((name, layout, fn, 4 * act_bytes, 3, saved_bytes(lambda: module(xs_grad[0]))))
+        timings = timer.interleaved([job[2] for job in jobs])
+        for (name, layout, fn, compulsory, convolutions, saved), (median, p20, p80) in zip(jobs, timings):
             peak = gpu_timing.peak_memory_bytes(lambda: fn(0)) if device.type == "cuda" else ""
             gbps = compulsory / (median * 1e-3) / 1e9
+            gflops = convolutions * 2 * k * k * batch * dim * size * size / (median * 1e-3) / 1e9
             rows.append(dict(
                 op="mixer_block", mode="eval_fwd" if mode == "eval" else "train_fwd_bwd", backend=name,
                 dtype=dtype_name, layout=layout, shape=f"{batch}x{dim}x{size}x{size}", k=k,
@@ -161,10 +192,12 @@ def run_shape(args, device, timer, copy_gbps, batch, dim, size, k, dtype_name):
                 gbps=f"{gbps:.4g}", frac_copy=f"{gbps / copy_gbps:.4g}", copy_gbps=f"{copy_gbps:.1f}",
                 peak_mem_bytes=peak, saved_for_backward_bytes=saved, device=device_name(device),
                 torch=torch.__version__, triton=_triton_version(), commit=git_commit(),
-                date=datetime.date.today().isoformat(),
+                date=datetime.date.today().isoformat(), gflops=f"{gflops:.4g}",
+                frac_sgemm=f"{gflops / sgemm:.4g}" if sgemm else "", sgemm_gflops=f"{sgemm:.1f}" if sgemm else "",
             ))
             print(f"  {rows[-1]['mode']:14s} {name:22s} {layout:14s} {median:9.3f} ms  "
-                  f"{gbps:8.1f} GB/s ({gbps / copy_gbps:.2f} of copy)")
+                  f"{gbps:8.1f} GB/s ({gbps / copy_gbps:.2f} of copy)  {gflops:6.1f} GFLOP/s"
+                  + (f" ({gflops / sgemm:.2f} of sgemm)" if sgemm else ""))
     return rows
 
 
@@ -222,14 +255,16 @@ def main(argv=None):
 
     timer = Timer(device, args.warmup, args.repeats)
     copy_gbps = copy_bandwidth(device, timer)
-    print(f"{device_name(device)}: copy bandwidth {copy_gbps:.1f} GB/s; fused backends {args.backends}")
+    sgemm = sgemm_gflops(device, timer)
+    print(f"{device_name(device)}: copy bandwidth {copy_gbps:.1f} GB/s"
+          + (f", float32 sgemm {sgemm:.1f} GFLOP/s" if sgemm else "") + f"; fused backends {args.backends}")
     slug = "".join(c if c.isalnum() else "_" for c in device_name(device).split(" (")[0]).strip("_").lower()
     out = args.out or os.path.join(RESULTS, f"{slug}.csv")
     rows = []
     for batch, dim, size, k in shapes:
         for dtype_name in dtypes:
             print(f"batch {batch}, C {dim}, {size}x{size}, k {k}, {dtype_name}")
-            rows += run_shape(args, device, timer, copy_gbps, batch, dim, size, k, dtype_name)
+            rows += run_shape(args, device, timer, (copy_gbps, sgemm), batch, dim, size, k, dtype_name)
     append_rows(out, rows)
     md = write_markdown(out)
     print(f"wrote {len(rows)} rows to {out} and the table {md}")

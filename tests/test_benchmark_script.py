@@ -21,5 +21,7 @@ def test_benchmark_cpu_mode(tmp_path):
         for layout in ("nchw", "channels_last"):
             assert {(mode, "eager", layout), (mode, "cpu", layout)} <= contenders
     assert all(float(r["median_ms"]) > 0 and float(r["frac_copy"]) > 0 for r in rows)
+    # On a CPU the op is FMA-bound: every row also carries its fraction of the sgemm rate.
+    assert all(0 < float(r["frac_sgemm"]) and float(r["sgemm_gflops"]) > 0 for r in rows)
     table = open(tmp_path / "bench.md").read()
-    assert "| cpu | channels_last |" in table and "vs eager" in table
+    assert "| cpu | channels_last |" in table and "vs eager" in table and "of sgemm" in table
