@@ -250,7 +250,7 @@ def main(argv=None):
     args.backends = (args.backends.split(",") if args.backends else
                      [b for b in cmk.available_backends(device) if b != "eager"])
     args.warmup = args.warmup if args.warmup is not None else (10 if gpu else 3)
-    args.repeats = args.repeats if args.repeats is not None else (100 if gpu else 15)
+    args.repeats = args.repeats if args.repeats is not None else (100 if gpu else 30)
     args.baselines = (args.baselines or ("eager,compile,compile-max-autotune" if gpu else "eager,compile")).split(",")
 
     timer = Timer(device, args.warmup, args.repeats)
