@@ -85,12 +85,28 @@ def mixer_block_reference(
     (N, H, W); when running statistics are given and training, update them in place with
     the unbiased variance and `momentum`. Eval with running statistics: use them.
     """
-    a = activation(depthwise_conv_same(x, conv_weight, conv_bias), activation_fn)
+    h = depthwise_conv_same(x, conv_weight, conv_bias)
+    return x + normalized_activation(h, bn_weight, bn_bias, running_mean, running_var, training=training,
+                                     momentum=momentum, eps=eps, activation_fn=activation_fn)
+
+
+def normalized_activation(
+    h: Tensor,
+    bn_weight: Optional[Tensor],
+    bn_bias: Optional[Tensor],
+    running_mean: Optional[Tensor],
+    running_var: Optional[Tensor],
+    *,
+    training: bool,
+    momentum: float = 0.1,
+    eps: float = 1e-5,
+    activation_fn: str = "gelu",
+) -> Tensor:
+    """BN(act(h)) of the block for a given conv output h (see mixer_block_reference)."""
     use_batch_stats = training or running_mean is None
-    normed = F.batch_norm(
-        a, running_mean, running_var, bn_weight, bn_bias, use_batch_stats, momentum, eps
+    return F.batch_norm(
+        activation(h, activation_fn), running_mean, running_var, bn_weight, bn_bias, use_batch_stats, momentum, eps
     )
-    return x + normed
 
 
 class Residual(nn.Module):
