@@ -21,6 +21,7 @@
 #include <cmath>
 #include <cstdint>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "activations.h"
@@ -193,6 +194,17 @@ void load_weights(const S* weight, int64_t c, int K, T* w) {
   for (int t = 0; t < K * K; ++t) w[t] = static_cast<T>(src[t]);
 }
 
+// The start of every NCHW pass: plane (n, c) of x with its padding into st.in, the
+// channel's taps into st.w, and h = conv(x) + bias into st.h.
+template <int KT, typename S, typename T>
+void load_and_convolve_plane(const Geometry& g, const PlaneGeom<T>& pg, const S* x, const S* weight, const S* bias,
+                             int64_t n, int64_t c, PlaneState<T>& st) {
+  load_plane(g, x, n, c, st.in.data(), pg.pitch, pg.left);
+  load_weights(weight, c, pg.K, st.w.data());
+  const T b = bias ? static_cast<T>(bias[c]) : T(0);
+  conv_plane_k<T, KT>(pg, st.in.data(), st.w.data(), b, st.h.data());
+}
+
 // ---------------------------------------------------------------------------------------
 // channels_last: the unit is one image and a block of channels.
 
@@ -324,6 +336,45 @@ void load_channel_vec(const std::vector<T>& v, int64_t c0, int nc, T* dst) {
   for (int l = 0; l < CB; ++l) dst[l] = l < nc ? v[c0 + l] : T(0);
 }
 
+// The unit of the channels_last path: image n, channels c0 .. c0 + nc.
+struct TileBlock {
+  int64_t n, c0;
+  int nc;
+};
+
+template <typename T>
+TileBlock tile_block(const TileGeom<T>& tg, int64_t channels, int64_t u) {
+  const int64_t c0 = (u % tg.blocks) * TileGeom<T>::kCB;
+  return TileBlock{u / tg.blocks, c0, static_cast<int>(std::min<int64_t>(TileGeom<T>::kCB, channels - c0))};
+}
+
+// v[c0 : c0 + nc] of a per-channel vector as one SIMD vector, zero past nc.
+template <typename T>
+Vec<T> channel_vec(const std::vector<T>& v, const TileBlock& b) {
+  alignas(64) T tmp[TileGeom<T>::kCB];
+  load_channel_vec(v, b.c0, b.nc, tmp);
+  return vload(tmp);
+}
+
+// A per-channel parameter in the accumulation type, zeros when absent (no conv bias).
+template <typename T, typename S>
+std::vector<T> per_channel(const S* v, int64_t channels) {
+  std::vector<T> out(channels, T(0));
+  if (v)
+    for (int64_t c = 0; c < channels; ++c) out[c] = static_cast<T>(v[c]);
+  return out;
+}
+
+// The start of every channels_last pass: the block's x tile with its halo into st.in,
+// its taps into st.w and its conv bias into st.bias.
+template <typename S, typename T>
+void load_tile_inputs(const Geometry& g, const TileGeom<T>& tg, const S* x, const S* weight,
+                      const std::vector<T>& bias, const TileBlock& b, TileState<T>& st) {
+  load_tile(g, x, b.n, b.c0, b.nc, st.in.data(), tg.pw, tg.left);
+  load_tile_weights(weight, b.c0, b.nc, tg.K, false, st.w.data());
+  load_channel_vec(bias, b.c0, b.nc, st.bias.data());
+}
+
 // ---------------------------------------------------------------------------------------
 // Partial reductions, merged over n in a fixed order.
 
@@ -366,7 +417,6 @@ void sum_over_batch(int64_t N, int64_t C, int64_t len, const std::vector<T>& par
 template <typename scalar_t, Activation A>
 void forward_eval_nchw(const ForwardParams& p) {
   using T = acc_type<scalar_t>;
-  using V = Vec<T>;
   using Fn = Act<A, T>;
   constexpr int VL = kLanes<T>;
   const Geometry& g = p.g;
@@ -381,10 +431,7 @@ void forward_eval_nchw(const ForwardParams& p) {
         g.batch * g.channels, [&] { return PlaneState<T>(pg, false); },
         [&](int64_t u, PlaneState<T>& st) {
           const int64_t n = u / g.channels, c = u % g.channels;
-          load_plane(g, x, n, c, st.in.data(), pg.pitch, pg.left);
-          load_weights(weight, c, pg.K, st.w.data());
-          const T b = bias ? static_cast<T>(bias[c]) : T(0);
-          conv_plane_k<T, decltype(kt)::value>(pg, st.in.data(), st.w.data(), b, st.h.data());
+          load_and_convolve_plane<decltype(kt)::value>(g, pg, x, weight, bias, n, c, st);
           const T s = cp.gamma[c] * cp.rstd[c];
           const T t = cp.beta[c] - cp.mean[c] * s;
           scalar_t* yp = y + n * g.stride_n + c * g.stride_c;
@@ -417,23 +464,16 @@ void forward_eval_cl(const ForwardParams& p) {
   const auto* weight = static_cast<const scalar_t*>(p.weight);
   const auto* bias = static_cast<const scalar_t*>(p.bias);
   auto* y = static_cast<scalar_t*>(p.y);
-  std::vector<T> bias_t(g.channels, T(0));
-  if (bias)
-    for (int64_t c = 0; c < g.channels; ++c) bias_t[c] = static_cast<T>(bias[c]);
+  const auto bias_t = per_channel<T>(bias, g.channels);
   with_kernel_size<T>(tg.K, [&](auto kt) {
     parallel_units(
         g.batch * tg.blocks, [&] { return TileState<T>(tg, false); },
         [&](int64_t u, TileState<T>& st) {
-          const int64_t n = u / tg.blocks, c0 = (u % tg.blocks) * CB;
-          const int nc = static_cast<int>(std::min<int64_t>(CB, g.channels - c0));
-          load_tile(g, x, n, c0, nc, st.in.data(), tg.pw, tg.left);
-          load_tile_weights(weight, c0, nc, tg.K, false, st.w.data());
-          load_channel_vec(bias_t, c0, nc, st.bias.data());
-          alignas(64) T sv[CB], tv[CB];
-          load_channel_vec(s, c0, nc, sv);
-          load_channel_vec(t, c0, nc, tv);
-          const V vs = vload(sv), vt = vload(tv);
-          scalar_t* yp = y + n * g.stride_n + c0;
+          const TileBlock b = tile_block(tg, g.channels, u);
+          load_tile_inputs(g, tg, x, weight, bias_t, b, st);
+          const V vs = channel_vec(s, b), vt = channel_vec(t, b);
+          const int nc = b.nc;
+          scalar_t* yp = y + b.n * g.stride_n + b.c0;
           // Row by row, so that h stays in L1 between the convolution and the epilogue.
           for (int i = 0; i < tg.H; ++i) {
             conv_tile_k<T, decltype(kt)::value>(tg, st.in.data() + i * tg.prow, st.w.data(), st.bias.data(),
@@ -472,10 +512,7 @@ void forward_train_nchw(const ForwardParams& p) {
         units, [&] { return PlaneState<T>(pg, false); },
         [&](int64_t u, PlaneState<T>& st) {
           const int64_t n = u / g.channels, c = u % g.channels;
-          load_plane(g, x, n, c, st.in.data(), pg.pitch, pg.left);
-          load_weights(weight, c, pg.K, st.w.data());
-          const T b = bias ? static_cast<T>(bias[c]) : T(0);
-          conv_plane_k<T, KT>(pg, st.in.data(), st.w.data(), b, st.h.data());
+          load_and_convolve_plane<KT>(g, pg, x, weight, bias, n, c, st);
           // Rows are summed in T, rows into double (see merge_stats).
           double sum = 0;
           for (int i = 0; i < pg.H; ++i) {
@@ -513,10 +550,7 @@ void forward_train_nchw(const ForwardParams& p) {
         units, [&] { return PlaneState<T>(pg, false); },
         [&](int64_t u, PlaneState<T>& st) {
           const int64_t n = u / g.channels, c = u % g.channels;
-          load_plane(g, x, n, c, st.in.data(), pg.pitch, pg.left);
-          load_weights(weight, c, pg.K, st.w.data());
-          const T b = bias ? static_cast<T>(bias[c]) : T(0);
-          conv_plane_k<T, KT>(pg, st.in.data(), st.w.data(), b, st.h.data());
+          load_and_convolve_plane<KT>(g, pg, x, weight, bias, n, c, st);
           const T s = cp.gamma[c] * cp.rstd[c];
           const T mean = cp.mean[c], beta = cp.beta[c];
           scalar_t* yp = y + n * g.stride_n + c * g.stride_c;
@@ -549,20 +583,15 @@ void forward_train_cl(const ForwardParams& p) {
   auto* var_out = static_cast<T*>(p.var_out);
   const int64_t count = int64_t(tg.H) * tg.W;
   std::vector<double> pmean(g.batch * C), pm2(g.batch * C);
-  std::vector<T> bias_t(C, T(0));
-  if (bias)
-    for (int64_t c = 0; c < C; ++c) bias_t[c] = static_cast<T>(bias[c]);
+  const auto bias_t = per_channel<T>(bias, C);
   with_kernel_size<T>(tg.K, [&](auto kt) {
     constexpr int KT = decltype(kt)::value;
     // Pass 1: per-(n, c) mean and M2 of a, one channel per lane.
     parallel_units(
         g.batch * tg.blocks, [&] { return TileState<T>(tg, false); },
         [&](int64_t u, TileState<T>& st) {
-          const int64_t n = u / tg.blocks, c0 = (u % tg.blocks) * CB;
-          const int nc = static_cast<int>(std::min<int64_t>(CB, C - c0));
-          load_tile(g, x, n, c0, nc, st.in.data(), tg.pw, tg.left);
-          load_tile_weights(weight, c0, nc, tg.K, false, st.w.data());
-          load_channel_vec(bias_t, c0, nc, st.bias.data());
+          const TileBlock b = tile_block(tg, C, u);
+          load_tile_inputs(g, tg, x, weight, bias_t, b, st);
           conv_tile_k<T, KT>(tg, st.in.data(), st.w.data(), st.bias.data(), st.h.data());
           // Rows are summed in T, rows into double per channel (see merge_stats).
           double sum[CB] = {}, m2[CB] = {}, mean_d[CB];
@@ -589,11 +618,11 @@ void forward_train_cl(const ForwardParams& p) {
             }
             for (int l = 0; l < CB; ++l) m2[l] += row[l];
           }
-          for (int l = 0; l < nc; ++l) {
+          for (int l = 0; l < b.nc; ++l) {
             // The deviations were taken about the rounded mean; shift M2 to the exact one.
             const double shift = mean_d[l] - static_cast<double>(mean[l]);
-            pmean[n * C + c0 + l] = mean_d[l];
-            pm2[n * C + c0 + l] = m2[l] - static_cast<double>(count) * shift * shift;
+            pmean[b.n * C + b.c0 + l] = mean_d[l];
+            pm2[b.n * C + b.c0 + l] = m2[l] - static_cast<double>(count) * shift * shift;
           }
         });
     merge_stats(g.batch, C, count, pmean, pm2, mean_out, var_out);
@@ -604,17 +633,11 @@ void forward_train_cl(const ForwardParams& p) {
     parallel_units(
         g.batch * tg.blocks, [&] { return TileState<T>(tg, false); },
         [&](int64_t u, TileState<T>& st) {
-          const int64_t n = u / tg.blocks, c0 = (u % tg.blocks) * CB;
-          const int nc = static_cast<int>(std::min<int64_t>(CB, C - c0));
-          load_tile(g, x, n, c0, nc, st.in.data(), tg.pw, tg.left);
-          load_tile_weights(weight, c0, nc, tg.K, false, st.w.data());
-          load_channel_vec(bias_t, c0, nc, st.bias.data());
-          alignas(64) T sv[CB], mv[CB], bv[CB];
-          load_channel_vec(s, c0, nc, sv);
-          load_channel_vec(cp.mean, c0, nc, mv);
-          load_channel_vec(cp.beta, c0, nc, bv);
-          const V vs = vload(sv), vm = vload(mv), vb = vload(bv);
-          scalar_t* yp = y + n * g.stride_n + c0;
+          const TileBlock b = tile_block(tg, C, u);
+          load_tile_inputs(g, tg, x, weight, bias_t, b, st);
+          const V vs = channel_vec(s, b), vm = channel_vec(cp.mean, b), vb = channel_vec(cp.beta, b);
+          const int nc = b.nc;
+          scalar_t* yp = y + b.n * g.stride_n + b.c0;
           for (int i = 0; i < tg.H; ++i) {
             conv_tile_k<T, KT>(tg, st.in.data() + i * tg.prow, st.w.data(), st.bias.data(), st.h.data(), 1);
             const T* xr = st.in.data() + ((i + tg.left) * tg.pw + tg.left) * CB;
@@ -689,11 +712,8 @@ void backward_nchw(const BackwardParams& p) {
   // Loads x and dy and computes h for plane u.
   auto prologue = [&](int64_t u, PlaneState<T>& st, auto kt) {
     const int64_t n = u / C, c = u % C;
-    load_plane(g, x, n, c, st.in.data(), pg.pitch, pg.left);
     load_plane(g, dy, n, c, st.dy.data(), pg.cols, 0);
-    load_weights(weight, c, K, st.w.data());
-    const T b = bias ? static_cast<T>(bias[c]) : T(0);
-    conv_plane_k<T, decltype(kt)::value>(pg, st.in.data(), st.w.data(), b, st.h.data());
+    load_and_convolve_plane<decltype(kt)::value>(g, pg, x, weight, bias, n, c, st);
   };
 
   with_kernel_size<T>(K, [&](auto kt) {
@@ -794,32 +814,15 @@ void backward_cl(const BackwardParams& p) {
   const auto cp = channel_params<T>(C, p.gamma, nullptr, p.mean, p.var, p.eps);
   const int64_t M = g.batch * int64_t(tg.H) * tg.W;
   BackwardScratch<T> part(units, taps);
-  std::vector<T> bias_t(C, T(0));
-  if (bias)
-    for (int64_t c = 0; c < C; ++c) bias_t[c] = static_cast<T>(bias[c]);
+  const auto bias_t = per_channel<T>(bias, C);
 
-  struct Block {
-    int64_t n, c0;
-    int nc;
-  };
-  auto block_of = [&](int64_t u) {
-    const int64_t c0 = (u % tg.blocks) * CB;
-    return Block{u / tg.blocks, c0, static_cast<int>(std::min<int64_t>(CB, C - c0))};
-  };
   // Loads x and dy and computes h for tile u.
-  auto prologue = [&](const Block& b, TileState<T>& st, auto kt) {
-    load_tile(g, x, b.n, b.c0, b.nc, st.in.data(), tg.pw, tg.left);
+  auto prologue = [&](const TileBlock& b, TileState<T>& st, auto kt) {
     load_tile(g, dy, b.n, b.c0, b.nc, st.dy.data(), tg.W, 0);
-    load_tile_weights(weight, b.c0, b.nc, K, false, st.w.data());
-    load_channel_vec(bias_t, b.c0, b.nc, st.bias.data());
+    load_tile_inputs(g, tg, x, weight, bias_t, b, st);
     conv_tile_k<T, decltype(kt)::value>(tg, st.in.data(), st.w.data(), st.bias.data(), st.h.data());
   };
-  auto channel_vec = [&](const std::vector<T>& v, const Block& b) {
-    alignas(64) T tmp[CB];
-    load_channel_vec(v, b.c0, b.nc, tmp);
-    return vload(tmp);
-  };
-  auto write_lanes = [&](std::vector<T>& dst, const Block& b, const V& v) {
+  auto write_lanes = [&](std::vector<T>& dst, const TileBlock& b, const V& v) {
     for (int l = 0; l < b.nc; ++l) dst[b.n * C + b.c0 + l] = v[l];
   };
 
@@ -829,7 +832,7 @@ void backward_cl(const BackwardParams& p) {
       parallel_units(
           g.batch * tg.blocks, [&] { return TileState<T>(tg, true); },
           [&](int64_t u, TileState<T>& st) {
-            const Block b = block_of(u);
+            const TileBlock b = tile_block(tg, C, u);
             prologue(b, st, kt);
             const V mean = channel_vec(cp.mean, b), rstd = channel_vec(cp.rstd, b);
             V sdy{}, sdyx{};
@@ -851,7 +854,7 @@ void backward_cl(const BackwardParams& p) {
     parallel_units(
         g.batch * tg.blocks, [&] { return TileState<T>(tg, true); },
         [&](int64_t u, TileState<T>& st) {
-          const Block b = block_of(u);
+          const TileBlock b = tile_block(tg, C, u);
           prologue(b, st, kt);
           const V mean = channel_vec(cp.mean, b), rstd = channel_vec(cp.rstd, b);
           const V k1 = channel_vec(kc.k1, b), k2 = channel_vec(kc.k2, b), k3 = channel_vec(kc.k3, b);
@@ -895,38 +898,38 @@ void backward_cl(const BackwardParams& p) {
   sum_over_batch(g.batch, C, taps, part.dw, static_cast<T*>(p.dweight));
 }
 
+// Runs the layout's kernel for the activation p.act.
+template <typename P, typename Kernels>
+void dispatch(const P& p, Kernels kernels) {
+  with_activation(p.act, [&](auto a) {
+    const auto [cl, nchw] = kernels(a);
+    (p.g.channels_last() ? cl : nchw)(p);
+  });
+}
+
 }  // namespace
 
 template <typename scalar_t>
 void forward_eval(const ForwardParams& p) {
-  with_activation(p.act, [&](auto a) {
+  dispatch(p, [](auto a) {
     constexpr Activation A = decltype(a)::value;
-    if (p.g.channels_last())
-      forward_eval_cl<scalar_t, A>(p);
-    else
-      forward_eval_nchw<scalar_t, A>(p);
+    return std::pair(forward_eval_cl<scalar_t, A>, forward_eval_nchw<scalar_t, A>);
   });
 }
 
 template <typename scalar_t>
 void forward_train(const ForwardParams& p) {
-  with_activation(p.act, [&](auto a) {
+  dispatch(p, [](auto a) {
     constexpr Activation A = decltype(a)::value;
-    if (p.g.channels_last())
-      forward_train_cl<scalar_t, A>(p);
-    else
-      forward_train_nchw<scalar_t, A>(p);
+    return std::pair(forward_train_cl<scalar_t, A>, forward_train_nchw<scalar_t, A>);
   });
 }
 
 template <typename scalar_t>
 void backward(const BackwardParams& p) {
-  with_activation(p.act, [&](auto a) {
+  dispatch(p, [](auto a) {
     constexpr Activation A = decltype(a)::value;
-    if (p.g.channels_last())
-      backward_cl<scalar_t, A>(p);
-    else
-      backward_nchw<scalar_t, A>(p);
+    return std::pair(backward_cl<scalar_t, A>, backward_nchw<scalar_t, A>);
   });
 }
 
