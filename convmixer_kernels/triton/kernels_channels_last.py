@@ -25,7 +25,8 @@ contiguous load.
 import triton
 import triton.language as tl
 
-from .activations import act_forward, act_forward_and_grad
+from .activations import act_forward
+from .block_math import batchnorm_dh, chan_merge
 
 
 @triton.jit
@@ -167,12 +168,7 @@ def forward_stats(x_ptr, w_ptr, bias_ptr, part_mean_ptr, part_m2_ptr, C, H, W, n
         for q in tl.static_range(BLOCK_W):
             dev = tl.where(_rows_in(oh, row_end, col0 + q, W)[:, None], a[q] - t_mean[None, :], 0.0)
             t_m2 += dev * dev
-        total = count + t_count
-        frac = t_count / tl.maximum(total, 1.0)
-        delta = t_mean - mean
-        mean += delta * frac
-        m2 += tl.sum(t_m2, axis=0) + delta * delta * (count * frac)
-        count = total
+        count, mean, m2 = chan_merge(count, mean, m2, t_count, t_mean, tl.sum(t_m2, axis=0))
     tl.store(part_mean_ptr + region * C + cc, mean, mask=c_ok)
     tl.store(part_m2_ptr + region * C + cc, m2, mask=c_ok)
 
@@ -223,6 +219,9 @@ def backward_dh(x_ptr, w_ptr, bias_ptr, gamma_ptr, mean_ptr, var_ptr, dy_ptr, su
     if BATCH_STATS:
         mean_dy = (tl.load(sum_dy_ptr + cc, mask=c_ok, other=0.0) * inv_count)[None, :]
         mean_dy_xhat = (tl.load(sum_dy_xhat_ptr + cc, mask=c_ok, other=0.0) * inv_count)[None, :]
+    else:
+        mean_dy = 0.0
+        mean_dy_xhat = 0.0
     sum_dh = tl.zeros([BLOCK_H, BLOCK_C], tl.float32)
     sum_dy = tl.zeros([BLOCK_H, BLOCK_C], tl.float32)
     sum_dy_xhat = tl.zeros([BLOCK_H, BLOCK_C], tl.float32)
@@ -234,15 +233,10 @@ def backward_dh(x_ptr, w_ptr, bias_ptr, gamma_ptr, mean_ptr, var_ptr, dy_ptr, su
             ok = _rows_in(oh, row_end, col0 + q, W)[:, None] & c_ok[None, :]
             offs = _column_offsets(img, oh, col0 + q, cc, W, C)
             dy = tl.load(dy_ptr + offs, mask=ok, other=0.0).to(tl.float32)
-            a, da_dh = act_forward_and_grad(h[q], ACT)
-            xhat = (a - mean) * rstd
-            if BATCH_STATS:
-                da = g_rstd * (dy - mean_dy - xhat * mean_dy_xhat)
-            else:
-                da = g_rstd * dy
+            dh, dy_xhat = batchnorm_dh(h[q], dy, ok, mean, rstd, g_rstd, mean_dy, mean_dy_xhat, ACT, BATCH_STATS)
+            if not BATCH_STATS:
                 sum_dy += dy
-                sum_dy_xhat += tl.where(ok, dy * xhat, 0.0)
-            dh = tl.where(ok, da * da_dh, 0.0)
+                sum_dy_xhat += dy_xhat
             tl.store(dh_ptr + offs, dh, mask=ok)
             sum_dh += dh
     if BATCH_STATS:

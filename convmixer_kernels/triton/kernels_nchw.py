@@ -22,7 +22,8 @@ tile config (see kernels_channels_last.py). Weights arrive as [C, k*k] float32.
 import triton
 import triton.language as tl
 
-from .activations import act_forward, act_forward_and_grad
+from .activations import act_forward
+from .block_math import batchnorm_dh, chan_merge
 
 
 @triton.jit
@@ -148,12 +149,7 @@ def forward_stats(x_ptr, w_ptr, bias_ptr, part_mean_ptr, part_m2_ptr, C, H, W, n
             ok = (_group_rows(r0, q, RB, BLOCK_R) < row_end) & (ow < W)
             dev = tl.where(ok, a[q] - t_mean, 0.0)
             t_m2 += dev * dev
-        total = count + t_count
-        frac = t_count / tl.maximum(total, 1.0)
-        delta = t_mean - mean
-        mean += delta * frac
-        m2 += tl.sum(t_m2) + delta * delta * (count * frac)
-        count = total
+        count, mean, m2 = chan_merge(count, mean, m2, t_count, t_mean, tl.sum(t_m2))
     tl.store(part_mean_ptr + region * C + c, mean)
     tl.store(part_m2_ptr + region * C + c, m2)
 
@@ -205,6 +201,9 @@ def backward_dh(x_ptr, w_ptr, bias_ptr, gamma_ptr, mean_ptr, var_ptr, dy_ptr, su
     if BATCH_STATS:
         mean_dy = tl.load(sum_dy_ptr + c) * inv_count
         mean_dy_xhat = tl.load(sum_dy_xhat_ptr + c) * inv_count
+    else:
+        mean_dy = 0.0
+        mean_dy_xhat = 0.0
     sum_dh = tl.zeros([BLOCK_R, BLOCK_W], tl.float32)
     sum_dy = tl.zeros([BLOCK_R, BLOCK_W], tl.float32)
     sum_dy_xhat = tl.zeros([BLOCK_R, BLOCK_W], tl.float32)
@@ -216,15 +215,10 @@ def backward_dh(x_ptr, w_ptr, bias_ptr, gamma_ptr, mean_ptr, var_ptr, dy_ptr, su
             ok = (rows < row_end) & (ow < W)
             offs = plane_rows * W + rows * W + ow
             dy = tl.load(dy_ptr + offs, mask=ok, other=0.0).to(tl.float32)
-            a, da_dh = act_forward_and_grad(h[q], ACT)
-            xhat = (a - mean) * rstd
-            if BATCH_STATS:
-                da = g_rstd * (dy - mean_dy - xhat * mean_dy_xhat)
-            else:
-                da = g_rstd * dy
+            dh, dy_xhat = batchnorm_dh(h[q], dy, ok, mean, rstd, g_rstd, mean_dy, mean_dy_xhat, ACT, BATCH_STATS)
+            if not BATCH_STATS:
                 sum_dy += dy
-                sum_dy_xhat += tl.where(ok, dy * xhat, 0.0)
-            dh = tl.where(ok, da * da_dh, 0.0)
+                sum_dy_xhat += dy_xhat
             tl.store(dh_ptr + offs, dh, mask=ok)
             sum_dh += dh
     if BATCH_STATS:

@@ -8,6 +8,8 @@ fixed BLOCK sizes), never on scheduling.
 import triton
 import triton.language as tl
 
+from .block_math import chan_merge
+
 
 @triton.jit
 def merge_welford(part_mean_ptr, part_m2_ptr, mean_ptr, var_ptr, C, P, n_bands, BAND_ROWS, H, W,
@@ -34,12 +36,7 @@ def merge_welford(part_mean_ptr, part_m2_ptr, mean_ptr, var_ptr, C, P, n_bands, 
         b_mean = tl.sum(b_counts[:, None] * p_mean, axis=0) / b_count
         dev = p_mean - b_mean[None, :]
         b_m2 = tl.sum(p_m2, axis=0) + tl.sum(b_counts[:, None] * dev * dev, axis=0)
-        total = count + b_count
-        frac = b_count / total
-        delta = b_mean - mean
-        mean += delta * frac
-        m2 += b_m2 + delta * delta * (count * frac)
-        count = total
+        count, mean, m2 = chan_merge(count, mean, m2, b_count, b_mean, b_m2)
     tl.store(mean_ptr + cc, mean, mask=c_ok)
     tl.store(var_ptr + cc, m2 / count, mask=c_ok)
 
