@@ -12,6 +12,7 @@
 """
 
 import contextlib
+import copy
 import os
 import statistics
 from dataclasses import dataclass, replace
@@ -32,6 +33,15 @@ ATOL = {
 }
 
 LAYOUTS = ("nchw", "channels_last", "sliced")
+
+# (bias, affine, running) of the blocks users build besides the default one; every
+# backend's tests parametrize over these.
+OPTIONAL_PARAMETERS = [
+    (False, True, True),     # Conv2d(bias=False)
+    (True, False, True),     # BatchNorm2d(affine=False)
+    (True, True, False),     # BatchNorm2d(track_running_stats=False): batch stats in eval too
+    (False, False, False),
+]
 
 
 @contextlib.contextmanager
@@ -276,3 +286,23 @@ def check_backend(inputs: Inputs, backend: str, *, training: bool, grads: bool =
             f"{name}: error {err:.3g} > bound {bound:.3g} (eager {eager_err:.3g}; median of {trials}) for "
             f"{inputs.case} seeds {[d[2] for d in draws]}"
         )
+
+
+def assert_compiled_block_matches(block: torch.nn.Module, x: torch.Tensor, **compile_kwargs):
+    """torch.compile(fullgraph=True) of a copy of block gives block's output, and after a
+    backward of the same random gradient its input and parameter gradients and its
+    buffers (running statistics)."""
+    compiled_block = copy.deepcopy(block)
+    compiled = torch.compile(compiled_block, fullgraph=True, **compile_kwargs)
+    x = x.detach().requires_grad_()
+    xc = x.detach().clone().requires_grad_()
+    y, yc = block(x), compiled(xc)
+    torch.testing.assert_close(yc, y)
+    dy = torch.randn_like(y)
+    y.backward(dy)
+    yc.backward(dy)
+    torch.testing.assert_close(xc.grad, x.grad)
+    for (name, p), pc in zip(block.named_parameters(), compiled_block.parameters()):
+        torch.testing.assert_close(pc.grad, p.grad, msg=name)
+    for (name, b), bc in zip(block.named_buffers(), compiled_block.buffers()):
+        torch.testing.assert_close(bc, b, msg=name)

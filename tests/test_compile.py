@@ -7,23 +7,14 @@ import pytest
 import torch
 
 from convmixer_kernels import ConvMixer, FusedMixerBlock
+from parity import assert_compiled_block_matches
 
 
 @pytest.mark.parametrize("training", (False, True), ids=("eval", "train"))
 def test_compile_fused_block(training):
     torch.manual_seed(0)
     block = FusedMixerBlock(6, 4, activation="gelu", backend="cpu").train(training)
-    compiled_block = copy.deepcopy(block)
-    compiled = torch.compile(compiled_block, fullgraph=True, backend="inductor")
-    x = torch.randn(2, 6, 9, 9, requires_grad=True)
-    xc = x.detach().clone().requires_grad_()
-    y, yc = block(x), compiled(xc)
-    torch.testing.assert_close(yc, y)
-    y.sum().backward()
-    yc.sum().backward()
-    torch.testing.assert_close(xc.grad, x.grad)
-    torch.testing.assert_close(compiled_block.fn[0].weight.grad, block.fn[0].weight.grad)
-    torch.testing.assert_close(compiled_block.fn[2].running_var, block.fn[2].running_var)
+    assert_compiled_block_matches(block, torch.randn(2, 6, 9, 9), backend="inductor")
 
 
 def test_compile_small_convmixer():

@@ -17,7 +17,7 @@ import textwrap
 import pytest
 import torch
 
-from parity import ATOL, Case, check_backend, make_inputs, rel_err, run_block
+from parity import ATOL, OPTIONAL_PARAMETERS, Case, check_backend, make_inputs, rel_err, run_block
 
 pytestmark = pytest.mark.gpu
 
@@ -68,8 +68,7 @@ def test_activations_and_dtypes(activation, dtype):
         check(dict(n=2, c=19, h=11, w=11, k=7, dtype=dtype, layout=layout, activation=activation), training)
 
 
-@pytest.mark.parametrize("bias,affine,running", [
-    (False, True, True), (True, False, True), (True, True, False), (False, False, False)])
+@pytest.mark.parametrize("bias,affine,running", OPTIONAL_PARAMETERS)
 def test_optional_parameters(bias, affine, running):
     for training, layout in itertools.product((False, True), ("nchw", "channels_last")):
         check(dict(n=2, c=9, h=9, w=9, k=5, bias=bias, affine=affine, running=running, layout=layout), training)

@@ -6,7 +6,7 @@ import itertools
 import pytest
 import torch
 
-from parity import Case, check_backend, make_inputs
+from parity import OPTIONAL_PARAMETERS, Case, check_backend, make_inputs
 
 BACKENDS = ("cpu", "eager")
 KERNEL_SIZES = (1, 2, 3, 7, 8, 9, 15, 31)
@@ -42,12 +42,7 @@ def test_activations_and_dtypes(backend, activation, dtype):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("bias,affine,running", [
-    (False, True, True),     # Conv2d(bias=False)
-    (True, False, True),     # BatchNorm2d(affine=False)
-    (True, True, False),     # BatchNorm2d(track_running_stats=False): batch stats in eval too
-    (False, False, False),
-])
+@pytest.mark.parametrize("bias,affine,running", OPTIONAL_PARAMETERS)
 def test_optional_parameters(backend, bias, affine, running):
     for training in (False, True):
         case = Case(n=2, c=9, h=9, w=9, k=5, bias=bias, affine=affine, running=running, layout="channels_last")

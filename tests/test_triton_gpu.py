@@ -13,7 +13,7 @@ import itertools
 import pytest
 import torch
 
-from parity import Case, check_backend, make_inputs, poisoned_outputs
+from parity import OPTIONAL_PARAMETERS, Case, assert_compiled_block_matches, check_backend, make_inputs, poisoned_outputs
 
 # Nothing here imports triton at collection: on a CPU-only machine
 # test_triton_interpreter.py must set TRITON_INTERPRET=1 before triton is first imported.
@@ -78,12 +78,7 @@ def test_activations(activation, dtype):
                                         activation=activation)), "triton", training=training)
 
 
-@pytest.mark.parametrize("bias,affine,running", [
-    (False, True, True),
-    (True, False, True),
-    (True, True, False),
-    (False, False, False),
-])
+@pytest.mark.parametrize("bias,affine,running", OPTIONAL_PARAMETERS)
 def test_optional_parameters(bias, affine, running):
     for training, layout in itertools.product((False, True), ("nchw", "channels_last")):
         case = _case(n=2, c=9, h=9, w=9, k=5, bias=bias, affine=affine, running=running, layout=layout)
@@ -199,20 +194,8 @@ def test_compile_fullgraph(training, dtype):
 
     torch.manual_seed(0)
     block = FusedMixerBlock(48, 7, activation="gelu", backend="triton").to("cuda", dtype).train(training)
-    compiled_block = copy.deepcopy(block)
-    compiled = torch.compile(compiled_block, fullgraph=True)
     x = torch.randn(4, 48, 16, 16, device="cuda", dtype=dtype).contiguous(memory_format=torch.channels_last)
-    x.requires_grad_()
-    xc = x.detach().clone().requires_grad_()
-    y, yc = block(x), compiled(xc)
-    torch.testing.assert_close(yc, y)
-    dy = torch.randn_like(y)
-    y.backward(dy)
-    yc.backward(dy)
-    torch.testing.assert_close(xc.grad, x.grad)
-    torch.testing.assert_close(compiled_block.fn[0].weight.grad, block.fn[0].weight.grad)
-    torch.testing.assert_close(compiled_block.fn[2].weight.grad, block.fn[2].weight.grad)
-    torch.testing.assert_close(compiled_block.fn[2].running_var, block.fn[2].running_var)
+    assert_compiled_block_matches(block, x)
 
 
 @pytest.mark.parametrize("training", (False, True), ids=("eval", "train"))
