@@ -7,9 +7,8 @@
 // sharing the transcendental between the two.
 #pragma once
 
-#include <cuda_runtime.h>
-
 #include "../mixer_block_params.h"
+#include "platform.cuh"
 
 namespace convmixer_kernels {
 namespace cuda {

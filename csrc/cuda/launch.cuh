@@ -2,14 +2,13 @@
 // the dispatch from runtime k to the compiled (k, tile shape) instantiations.
 #pragma once
 
-#include <cuda_runtime.h>
-
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
 
 #include "../mixer_block_params.h"
 #include "mixer_block_cuda.h"
+#include "platform.cuh"
 #include "tile.cuh"
 
 namespace convmixer_kernels {
@@ -158,8 +157,7 @@ cudaError_t launch_tile(const TileArgs& a, const Plan& p, cudaStream_t stream) {
     const cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
     if (err != cudaSuccess) return err;
   }
-  kernel<<<dim3(p.num_cg, p.slices), kThreads, smem, stream>>>(a);
-  return cudaGetLastError();
+  return launch_kernel(kernel, dim3(p.num_cg, p.slices), dim3(kThreads), smem, stream, a);
 }
 
 template <typename T, int K, Mode MODE>

@@ -46,16 +46,15 @@ __global__ void sum_partials_kernel(const float* __restrict__ partial, int slice
 
 cudaError_t launch_welford_finalize(const float* partial, int slices, int C, float* mean, float* var,
                                     cudaStream_t stream) {
-  welford_finalize_kernel<<<ceil_div(C, kReduceThreads), kReduceThreads, 0, stream>>>(partial, slices, C, mean, var);
-  return cudaGetLastError();
+  return launch_kernel(welford_finalize_kernel, dim3(ceil_div(C, kReduceThreads)), dim3(kReduceThreads), 0, stream,
+                       partial, slices, C, mean, var);
 }
 
 cudaError_t launch_sum_partials(const float* partial, int slices, int Q, int C, int q_split, float* dst_cq,
                                 float* const (&dst_rows)[3], cudaStream_t stream) {
   const Rows rows{{dst_rows[0], dst_rows[1], dst_rows[2]}};
-  sum_partials_kernel<<<ceil_div(static_cast<int64_t>(Q) * C, kReduceThreads), kReduceThreads, 0, stream>>>(
-      partial, slices, Q, C, q_split, dst_cq, rows);
-  return cudaGetLastError();
+  return launch_kernel(sum_partials_kernel, dim3(ceil_div(static_cast<int64_t>(Q) * C, kReduceThreads)),
+                       dim3(kReduceThreads), 0, stream, partial, slices, Q, C, q_split, dst_cq, rows);
 }
 
 }  // namespace cuda
