@@ -53,7 +53,11 @@ def compiler() -> Optional[str]:
 
 def _source_hash() -> str:
     h = hashlib.sha256(" ".join(FLAGS).encode())
-    inputs = [p for p in glob.glob(os.path.join(CSRC, "**", "*"), recursive=True) if os.path.isfile(p)]
+    # everything the build can include: csrc/cuda, the emulator, and csrc's shared headers
+    inputs = glob.glob(os.path.join(CSRC, "*.h")) + [
+        p for d in ("cuda", "cuda_emulator") for p in glob.glob(os.path.join(CSRC, d, "**", "*"), recursive=True)
+        if os.path.isfile(p)
+    ]
     for path in sorted(inputs):
         h.update(path.encode())
         with open(path, "rb") as f:
@@ -140,8 +144,7 @@ class _Guarded:
 
     def empty(self, shape, stride, dtype, misalign: int = 0) -> torch.Tensor:
         size = 1 + sum((n - 1) * s for n, s in zip(shape, stride)) if all(shape) else 0
-        itemsize = torch.empty((), dtype=dtype).element_size()
-        guard = GUARD_BYTES // itemsize
+        guard = GUARD_BYTES // dtype.itemsize
         buf = torch.empty(size + 2 * guard + misalign, dtype=dtype)
         buf.view(torch.uint8).fill_(0xFF)
         self.buffers.append((buf, guard + misalign, size))

@@ -172,14 +172,13 @@ void fiber_main() {
   swapcontext(&b.current->ctx, &b.scheduler);
 }
 
-void order_indices(std::vector<int>& order, bool reshuffle) {
-  if (g_options.order == kOrderDescending) {
-    std::iota(order.rbegin(), order.rend(), 0);
-  } else if (g_options.order == kOrderShuffled) {
-    if (reshuffle) std::shuffle(order.begin(), order.end(), g_rng);
-  } else {
-    std::iota(order.begin(), order.end(), 0);
-  }
+// 0, 1, ..., v.size() - 1 in the order of the options (a new shuffle on every call): the
+// order of a block's threads in each round, and of a grid's blocks.
+template <typename I>
+void arrange(std::vector<I>& v) {
+  std::iota(v.begin(), v.end(), I{0});
+  if (g_options.order == kOrderDescending) std::reverse(v.begin(), v.end());
+  if (g_options.order == kOrderShuffled) std::shuffle(v.begin(), v.end(), g_rng);
 }
 
 // Why no thread can go on: the first barrier someone waits at, and who is missing.
@@ -219,9 +218,8 @@ std::string run_block(Block& b) {
     makecontext(&f.ctx, fiber_main, 0);
   }
   std::vector<int> order(b.threads);
-  std::iota(order.begin(), order.end(), 0);
   for (;;) {
-    order_indices(order, true);
+    arrange(order);
     bool ran = false, all_done = true;
     for (int t : order) {
       Fiber& f = b.fibers[t];
@@ -317,9 +315,7 @@ cudaError_t run_grid(const void* kernel, dim3 grid, dim3 dim, size_t smem, const
 
   const uint64_t blocks = static_cast<uint64_t>(grid.x) * grid.y * grid.z;
   std::vector<uint64_t> block_order(blocks);
-  std::iota(block_order.begin(), block_order.end(), 0);
-  if (g_options.order == kOrderDescending) std::reverse(block_order.begin(), block_order.end());
-  if (g_options.order == kOrderShuffled) std::shuffle(block_order.begin(), block_order.end(), g_rng);
+  arrange(block_order);
 
   Block* const outer = g_block;
   g_block = &b;
