@@ -5,11 +5,13 @@
     block = cmk.FusedMixerBlock(dim=768, kernel_size=7, activation="relu")
     n = cmk.swap_mixer_blocks(model)          # a timm / mmpretrain / official ConvMixer
     cmk.available_backends("cuda")            # e.g. ['cuda', 'triton', 'eager']
+    cmk.cpu_capability()                      # the CPU kernels' level, e.g. 'avx512'
     model = cmk.get_model("convmixer_768_32", pretrained="convmixer_768_32.pth")
 """
 
 import importlib
 
+from ._extension import cpu_capabilities, cpu_capability
 from .modules import ConvMixer, FusedMixerBlock, swap_mixer_blocks, unswap_mixer_blocks
 from .ops import available_backends, mixer_block, unavailable_backends
 
@@ -41,6 +43,8 @@ __all__ = [
     "ConvMixer",
     "FusedMixerBlock",
     "available_backends",
+    "cpu_capabilities",
+    "cpu_capability",
     "mixer_block",
     "swap_mixer_blocks",
     "unavailable_backends",
