@@ -28,6 +28,7 @@ import platform
 import shutil
 import subprocess
 import sysconfig
+import time
 
 from setuptools import find_packages, setup
 from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension, include_paths
@@ -95,16 +96,31 @@ def cpu_levels():
 
 
 class BuildExtensionWithCpuLevels(BuildExtension):
-    """torch's BuildExtension, plus the CPU kernels compiled once per capability level
-    and linked after the sources, baseline first: where levels share an inline function
-    from a header (std::, c10::), the linker keeps the first copy, which any CPU runs."""
+    """torch's BuildExtension, plus the CPU kernels compiled once per capability level,
+    beside torch's own compile (ninja runs the sources, a thread pool the levels) and
+    linked after the sources, baseline first: where levels share an inline function from
+    a header (std::, c10::), the linker keeps the first copy, which any CPU runs."""
 
     def build_extensions(self):
-        for ext in self.extensions:
-            ext.extra_objects = self._compile_cpu_levels() + list(ext.extra_objects or [])
-        super().build_extensions()
+        workers = max(1, int(os.environ.get("MAX_JOBS") or os.cpu_count() or 1))
+        with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+            pending = self._start_cpu_levels(pool)
+            for ext in self.extensions:
+                ext.extra_objects = [obj for _, obj, _ in pending] + list(ext.extra_objects or [])
+            link = self.compiler.link_shared_object
 
-    def _compile_cpu_levels(self):
+            def link_after_levels(*args, **kwargs):
+                self._finish_cpu_levels(pending)
+                return link(*args, **kwargs)
+
+            self.compiler.link_shared_object = link_after_levels
+            try:
+                super().build_extensions()
+            finally:
+                self.compiler.link_shared_object = link
+
+    def _start_cpu_levels(self, pool):
+        """[(level, object path, future or None where the object is up to date)]"""
         out_dir = os.path.join(self.build_temp, "cpu_levels")
         os.makedirs(out_dir, exist_ok=True)
         cxx = os.environ.get("CXX") or self.compiler.compiler_cxx[0]
@@ -113,26 +129,32 @@ class BuildExtensionWithCpuLevels(BuildExtension):
         common += [f"-I{p}" for p in include_paths() + [sysconfig.get_paths()["include"]]]
         inputs = glob.glob(os.path.join(ROOT, "csrc", "cpu", "*")) + glob.glob(os.path.join(ROOT, "csrc", "*.h"))
         newest_input = max(os.path.getmtime(f) for f in inputs)
-        jobs = []
+        pending = []
         for name, flags in cpu_levels():
             cmd = [cxx] + common + flags + [f"-DCMK_CPU_CAPABILITY={name}"]
             # The command is in the object's name, so a change of flags is a rebuild.
             tag = hashlib.sha1(" ".join(cmd).encode()).hexdigest()[:10]
             obj = os.path.join(out_dir, f"mixer_block_cpu_{name}_{tag}.o")
             fresh = os.path.exists(obj) and os.path.getmtime(obj) > newest_input
-            jobs.append((name, obj, None if fresh else cmd + ["-o", obj]))
-        workers = max(1, int(os.environ.get("MAX_JOBS") or os.cpu_count() or 1))
-        with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-            runs = {name: pool.submit(subprocess.run, cmd, capture_output=True, text=True)
-                    for name, _, cmd in jobs if cmd is not None}
-        for name, obj, cmd in jobs:
-            if cmd is None:
-                continue
-            result = runs[name].result()
-            if result.returncode != 0:
-                raise RuntimeError(f"compiling the {name} CPU level failed:\n{' '.join(cmd)}\n{result.stderr}")
-            print(f"convmixer_kernels: CPU level {name} compiled with {' '.join(dict(cpu_levels())[name])}")
-        return [obj for _, obj, _ in jobs]
+            future = None if fresh else pool.submit(self._compile_level, name, cmd + ["-o", obj])
+            pending.append((name, obj, future))
+        return pending
+
+    @staticmethod
+    def _compile_level(name, cmd):
+        start = time.time()
+        result = subprocess.run(cmd, capture_output=True, text=True)
+        if result.returncode != 0:
+            raise RuntimeError(f"compiling the {name} CPU level failed:\n{' '.join(cmd)}\n{result.stderr}")
+        return time.time() - start
+
+    @staticmethod
+    def _finish_cpu_levels(pending):
+        for name, _, future in pending:
+            if future is not None:
+                seconds = future.result()
+                print(f"convmixer_kernels: CPU level {name} compiled in {seconds:.0f} s "
+                      f"({' '.join(dict(cpu_levels())[name])})")
 
 
 def extension():

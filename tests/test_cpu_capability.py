@@ -126,3 +126,41 @@ def test_channels_last_is_bitwise_equal_with_and_without_avx512():
             for name, value in results[0].items():
                 if value is not None:
                     assert torch.equal(value, results[1][name]), f"{name} ({dtype}, training={training})"
+
+
+# The portability check: the whole extension, built on this machine, loads and computes
+# on an older CPU emulated by qemu's user mode, at the level that CPU supports. A stray
+# AVX-512 (or AVX) instruction outside the dispatched kernels, an inline function of one
+# level linked into another, or a feature test that is too generous ends in SIGILL here.
+_OLD_CPU_SCRIPT = """
+import torch, convmixer_kernels as cmk
+from convmixer_kernels.reference import mixer_block_reference
+print("level", cmk.cpu_capability())
+torch.manual_seed(0)
+x, w, b = torch.randn(2, 8, 9, 9), torch.randn(8, 1, 7, 7) / 7, torch.randn(8)
+g, beta, rm, rv = torch.rand(8) + 0.5, torch.randn(8), torch.randn(8) * 0.1, torch.rand(8) + 0.5
+for training in (False, True):
+    y = cmk.mixer_block(x, w, b, g, beta, rm.clone(), rv.clone(), training=training, backend="cpu")
+    ref = mixer_block_reference(*(t.double() for t in (x, w, b, g, beta, rm, rv)), training=training)
+    print("error", training, ((y.double() - ref).abs().max() / ref.abs().max()).item())
+"""
+
+
+@pytest.mark.parametrize("cpu,level", (("Nehalem", "baseline"), ("Haswell", "avx2")))
+def test_runs_on_an_older_cpu_under_qemu(cpu, level, tmp_path):
+    import shutil
+
+    qemu = shutil.which("qemu-x86_64")
+    if qemu is None or os.uname().machine != "x86_64":
+        pytest.skip("needs qemu-user (apt-get install qemu-user; .ci/run installs it)")
+    script = tmp_path / "old_cpu.py"
+    script.write_text(_OLD_CPU_SCRIPT)
+    python = os.path.realpath(sys.executable)  # qemu runs binaries, not launcher scripts
+    env = {k: v for k, v in os.environ.items() if k != "CONVMIXER_KERNELS_CPU_CAPABILITY"}
+    out = subprocess.run([qemu, "-cpu", cpu, python, str(script)], capture_output=True, text=True, env=env,
+                         timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = out.stdout.splitlines()
+    assert f"level {level}" in lines, out.stdout
+    errors = [float(line.split()[-1]) for line in lines if line.startswith("error")]
+    assert len(errors) == 2 and max(errors) < 1e-5, out.stdout
