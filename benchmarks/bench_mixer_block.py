@@ -33,7 +33,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import convmixer_kernels as cmk  # noqa: E402
 from convmixer_kernels.reference import plain_mixer_block  # noqa: E402
 import gpu_timing  # noqa: E402
-from results_table import append_rows, write_markdown  # noqa: E402
+from results_table import append_rows, device_slug, write_markdown  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -48,7 +48,7 @@ def device_name(device: torch.device) -> str:
             cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    return f"{cpu} ({torch.get_num_threads()} threads)"
+    return f"{cpu} ({torch.get_num_threads()} threads, {cmk.cpu_capability()} kernels)"
 
 
 def git_commit() -> str:
@@ -258,8 +258,7 @@ def main(argv=None):
     sgemm = sgemm_gflops(device, timer)
     print(f"{device_name(device)}: copy bandwidth {copy_gbps:.1f} GB/s"
           + (f", float32 sgemm {sgemm:.1f} GFLOP/s" if sgemm else "") + f"; fused backends {args.backends}")
-    slug = "".join(c if c.isalnum() else "_" for c in device_name(device).split(" (")[0]).strip("_").lower()
-    out = args.out or os.path.join(RESULTS, f"{slug}.csv")
+    out = args.out or os.path.join(RESULTS, f"{device_slug(device_name(device))}.csv")
     rows = []
     for batch, dim, size, k in shapes:
         for dtype_name in dtypes:

@@ -11,6 +11,17 @@ FIELDS = ["op", "mode", "backend", "dtype", "layout", "shape", "k", "activation"
 BASELINES = ("eager", "compile", "compile-max-autotune")
 
 
+def device_slug(device: str) -> str:
+    """'NVIDIA H200' -> 'nvidia_h200': the results file name of a device (the text in
+    parentheses, a CPU's thread count and level, is left out)."""
+    return "".join(c if c.isalnum() else "_" for c in device.split(" (")[0]).strip("_").lower()
+
+
+def read_rows(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
 def append_rows(path, rows):
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     new = not os.path.exists(path)
@@ -24,10 +35,9 @@ def append_rows(path, rows):
 def read_latest(path):
     """The last row for each (mode, backend, dtype, layout, shape, k, activation)."""
     latest = OrderedDict()
-    with open(path, newline="") as f:
-        for row in csv.DictReader(f):
-            key = (row["mode"], row["backend"], row["dtype"], row["layout"], row["shape"], row["k"], row["activation"])
-            latest[key] = row
+    for row in read_rows(path):
+        key = (row["mode"], row["backend"], row["dtype"], row["layout"], row["shape"], row["k"], row["activation"])
+        latest[key] = row
     return list(latest.values())
 
 

@@ -18,6 +18,7 @@ import statistics
 from dataclasses import dataclass, replace
 from typing import Dict, List, NamedTuple, Optional
 
+import pytest
 import torch
 
 from convmixer_kernels import mixer_block
@@ -33,6 +34,15 @@ ATOL = {
 }
 
 LAYOUTS = ("nchw", "channels_last", "sliced")
+
+# The gpu tests that scripts/gpu_check.sh runs in its few minutes on a GPU: whole tests
+# with this mark, or the parameter values `quick` wraps (pytest -m gpu_quick).
+GPU_QUICK = pytest.mark.gpu_quick
+
+
+def quick(*values):
+    """Parametrize values whose tests are also in the short GPU pass (gpu_quick)."""
+    return [pytest.param(v, marks=GPU_QUICK) for v in values]
 
 # (bias, affine, running) of the blocks users build besides the default one; every
 # backend's tests parametrize over these.
