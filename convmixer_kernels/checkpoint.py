@@ -44,8 +44,11 @@ def read_checkpoint(path: str) -> Mapping:
     size), and only a file that really holds refused Python objects gets the advice about
     weights_only, naming them."""
     path = os.fspath(path)
+    if not path.strip():
+        raise FileNotFoundError("checkpoint path is empty (an unset variable?); give the path of a checkpoint file")
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint file not found: {path}")
+        raise FileNotFoundError(f"checkpoint file not found: {path}"
+                                + (" (it is a directory)" if os.path.isdir(path) else ""))
     if path.endswith(".safetensors"):
         try:
             from safetensors.torch import load_file

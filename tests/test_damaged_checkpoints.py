@@ -107,3 +107,12 @@ def test_damaged_safetensors_is_called_damaged(tmp_path):
     path.write_bytes(_safetensors_bytes()[:20])
     with pytest.raises(CheckpointError, match=r"\(20 bytes\) is damaged or not a checkpoint"):
         read_checkpoint(str(path))
+
+
+def test_empty_missing_and_directory_paths(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"checkpoint path is empty \(an unset variable\?\)"):
+        get_model("convmixer_64_4", pretrained="")
+    with pytest.raises(FileNotFoundError, match=r"checkpoint file not found: .*nothing.pth$"):
+        read_checkpoint(str(tmp_path / "nothing.pth"))
+    with pytest.raises(FileNotFoundError, match=r"not found: .* \(it is a directory\)"):
+        read_checkpoint(str(tmp_path))
