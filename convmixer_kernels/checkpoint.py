@@ -57,14 +57,14 @@ def read_checkpoint(path: str) -> Mapping:
         try:
             return load_file(path)
         except Exception as exc:  # safetensors has one error type for every kind of damage
-            raise CheckpointError(damaged_message(path, exc)) from exc
+            raise CheckpointError(_damaged_message(path, exc)) from exc
     try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
+        with torch.serialization.safe_globals(_ALLOWED_GLOBALS):
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         refused = _refused_globals(path, exc)
         if not refused:
-            raise CheckpointError(damaged_message(path, exc)) from exc
+            raise CheckpointError(_damaged_message(path, exc)) from exc
         raise CheckpointError(
             f"{path} holds Python objects that a weights-only load refuses: {', '.join(refused)}. "
             "Loading them runs code from the file. Only if you trust the file, load it yourself "
@@ -72,6 +72,8 @@ def read_checkpoint(path: str) -> Mapping:
         ) from exc
 
 
+# Beyond torch's own allowlist: timm's training files keep their argparse.Namespace.
+_ALLOWED_GLOBALS = [argparse.Namespace]
 # torch's weights-only unpickler names the first global it refuses this way.
 _REFUSED_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
 
@@ -84,7 +86,8 @@ def _refused_globals(path: str, exc: Exception) -> List[str]:
         return []
     try:
         # A zip-format file can be listed in full; torch's message names only the first.
-        return sorted(torch.serialization.get_unsafe_globals_in_checkpoint(path)) or named
+        with torch.serialization.safe_globals(_ALLOWED_GLOBALS):
+            return sorted(torch.serialization.get_unsafe_globals_in_checkpoint(path)) or named
     except Exception:  # the legacy (non-zip) format: the one torch named
         return named
 
@@ -111,7 +114,7 @@ def _reason(exc: Exception) -> str:
     return f"{type(exc).__name__}: {lines[0].split('. ')[0]}"
 
 
-def damaged_message(path: str, exc: Exception) -> str:
+def _damaged_message(path: str, exc: Exception) -> str:
     """The error text for a checkpoint file that cannot be parsed at all."""
     size = os.path.getsize(path)
     with open(path, "rb") as f:

@@ -102,11 +102,12 @@ def test_a_broken_image_stops_the_run_naming_the_file(folder, workers):
     assert f"cannot read the image {broken[0]}" in message and "--skip-broken" in message
 
 
-def test_skip_broken_counts_and_lists_them_and_scores_the_rest(folder, capsys):
+@pytest.mark.parametrize("workers", ["0", "2"])
+def test_skip_broken_counts_and_lists_them_and_scores_the_rest(folder, capsys, workers):
     data, checkpoint = folder
     broken = add_broken_images(data)
     result = main(["--model", "convmixer_64_4", "--checkpoint", str(checkpoint), "--data", str(data),
-                   "--num-classes", "6", "--batch-size", "4", "--workers", "0", "--skip-broken", "--no-progress"])
+                   "--num-classes", "6", "--batch-size", "4", "--workers", workers, "--skip-broken", "--no-progress"])
     for path in broken:
         os.remove(path)
     top1, top5 = expected_accuracy(data, checkpoint)  # over the 18 good images only
