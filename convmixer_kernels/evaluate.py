@@ -117,25 +117,35 @@ def class_labels(folders: Sequence[str], model: nn.Module, data: str, class_map:
     """The model output of each class folder (see the module's docstring for the rules)."""
     outputs = model.num_classes
     if class_map is not None:
-        mapping = read_class_map(class_map)
-        if len(mapping) > outputs:
-            raise ValueError(f"class map {class_map} has {len(mapping)} classes but the model has {outputs} outputs")
-        unknown = [f for f in folders if f not in mapping]
-        if unknown:
-            raise ValueError(f"{len(unknown)} class folders of {data} are not in the class map {class_map}: {unknown[:10]}")
-        return {f: mapping[f] for f in folders}
+        return _labels_from_map(folders, outputs, data, class_map)
     if len(folders) > outputs:
         raise ValueError(f"{data} has {len(folders)} class folders but the model has {outputs} outputs")
     names = class_names(model)
-    if names is not None and all(f in names for f in folders):
-        return {f: list(names).index(f) for f in folders}
+    by_name = {} if names is None else {name: index for index, name in enumerate(names)}
+    if by_name and all(f in by_name for f in folders):
+        return {f: by_name[f] for f in folders}
     if len(folders) == outputs:
         return {f: i for i, f in enumerate(folders)}
+    raise ValueError(_unmatched_subset(folders, outputs, data))
+
+
+def _labels_from_map(folders: Sequence[str], outputs: int, data: str, class_map: str) -> Dict[str, int]:
+    mapping = read_class_map(class_map)
+    if len(mapping) > outputs:
+        raise ValueError(f"class map {class_map} has {len(mapping)} classes but the model has {outputs} outputs")
+    unknown = [f for f in folders if f not in mapping]
+    if unknown:
+        raise ValueError(f"{len(unknown)} class folders of {data} are not in the class map {class_map}: {unknown[:10]}")
+    return {f: mapping[f] for f in folders}
+
+
+def _unmatched_subset(folders: Sequence[str], outputs: int, data: str) -> str:
+    """Why a subset of folders whose names are not the model's classes cannot be labelled."""
     hint = ""
     if all(_SYNSET.fullmatch(f) for f in folders):
         hint = (" For WordNet synset folders (n01440764, ...) give the synset list in label order, e.g. the "
                 "ImageNet devkit's LOC_synset_mapping.txt: this package ships the class names but not the synset ids.")
-    raise ValueError(
+    return (
         f"{data} has {len(folders)} class folders for a model with {outputs} outputs, and the folder names "
         f"({', '.join(folders[:5])}{', ...' if len(folders) > 5 else ''}) are not the model's class names, so "
         "which output each folder is cannot be known (their sorted order is not the answer for a subset). "
