@@ -30,7 +30,8 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from .cli_args import BACKEND_CHOICES, device_name, existing_dir, existing_file, model_name, non_negative_int, positive_int
+from .cli_args import (BACKEND_CHOICES, device_name, existing_dir, existing_file, model_name, non_negative_int,
+                       positive_int)
 from .imagefolder import ImageFolder, collate_skipping_broken
 from .inference import class_names
 from .models import get_config, get_model
@@ -113,7 +114,8 @@ def read_class_map(path: str) -> Dict[str, int]:
     return mapping
 
 
-def class_labels(folders: Sequence[str], model: nn.Module, data: str, class_map: Optional[str] = None) -> Dict[str, int]:
+def class_labels(folders: Sequence[str], model: nn.Module, data: str,
+                 class_map: Optional[str] = None) -> Dict[str, int]:
     """The model output of each class folder (see the module's docstring for the rules)."""
     outputs = model.num_classes
     if class_map is not None:
@@ -186,7 +188,8 @@ def main(argv: Optional[List[str]] = None) -> Accuracy:
     parser.add_argument("--skip-broken", action="store_true",
                         help="leave out images that cannot be read, and list them in the summary")
     parser.add_argument("--batch-size", type=positive_int, default=64)
-    parser.add_argument("--workers", type=non_negative_int, default=4, help="data loader processes (0: load in this one)")
+    parser.add_argument("--workers", type=non_negative_int, default=4,
+                        help="data loader processes (0: load in this one)")
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--amp", action="store_true", help="autocast (float16 on CUDA, bfloat16 on the CPU)")
     parser.add_argument("--device", type=device_name, default="cuda" if torch.cuda.is_available() else "cpu")

@@ -157,6 +157,8 @@ def test_class_map_errors(tmp_path):
     twice.write_text("n01440764\nn01440764\n")
     with pytest.raises(ValueError, match=r"names a folder more than once: \['n01440764'\]"):
         make_loader(model, str(data), workers=0, class_map=str(twice))
+    with pytest.raises(ValueError, match=r"class map .*short.txt has 2 classes but the model has 1 outputs"):
+        make_loader(get_model("convmixer_64_4", num_classes=1), str(data), workers=0, class_map=str(short))
 
 
 def test_folders_named_after_the_classes_map_by_name(tmp_path):
