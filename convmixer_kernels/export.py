@@ -34,7 +34,8 @@ def require_onnx_packages(*modules: str) -> None:
             missing.append(module)
     if missing:
         raise ImportError(
-            f"ONNX export needs {', '.join(missing)}, which is not installed: install the [onnx] extra "
+            f"ONNX export needs {', '.join(missing)}, which {'is' if len(missing) == 1 else 'are'} not installed: "
+            "install the [onnx] extra "
             "(pip install 'convmixer_kernels[onnx]', or pip install onnx onnxscript onnxruntime)"
         )
 
