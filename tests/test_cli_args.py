@@ -138,14 +138,26 @@ def test_writable_check_keeps_an_existing_file(tmp_path):
     assert existing.read_bytes() == b"keep" and not (tmp_path / "new.onnx").exists()
 
 
-def run_predict(*args: str) -> subprocess.CompletedProcess:
+def run_example(script: str, *args: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    return subprocess.run([sys.executable, os.path.join(ROOT, "python", "predict.py"), *args],
+    return subprocess.run([sys.executable, os.path.join(ROOT, "python", script), *args],
                           capture_output=True, text=True, timeout=120, env=env)
 
 
 def test_predict_refuses_an_empty_checkpoint_and_a_bad_topk(files):
-    run = run_predict(files["file"], "--model", "convmixer_64_4", "--checkpoint", "")
+    run = run_example("predict.py", files["file"], "--model", "convmixer_64_4", "--checkpoint", "")
     assert run.returncode == 2 and "argument --checkpoint: is empty" in run.stderr
-    run = run_predict(files["file"], "--model", "convmixer_64_4", "--checkpoint", files["ckpt"], "--topk", "0")
+    run = run_example("predict.py", files["file"], "--model", "convmixer_64_4", "--checkpoint", files["ckpt"],
+                      "--topk", "0")
     assert run.returncode == 2 and "argument --topk: must be a positive integer, got '0'" in run.stderr
+
+
+@pytest.mark.parametrize("script, args, message", [
+    ("swap_in_existing_model.py", ["--dim", "0"], "argument --dim: must be a positive integer, got '0'"),
+    ("swap_in_existing_model.py", ["--device", "gpu"], "argument --device: 'gpu' is not a torch device"),
+    ("train_digits.py", ["--epochs", "-1"], "argument --epochs: must be a positive integer, got '-1'"),
+    ("train_digits.py", ["--lr", "nan"], "argument --lr: must be a positive finite number, got 'nan'"),
+])
+def test_examples_check_their_arguments(script, args, message):
+    run = run_example(script, *args)
+    assert run.returncode == 2 and message in run.stderr, run.stderr
