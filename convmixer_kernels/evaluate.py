@@ -94,7 +94,8 @@ def evaluate(
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     if seen == 0:
-        raise ValueError(f"evaluate: none of the {len(broken)} images could be read; the first: {broken[:1]}")
+        first = f"; the first: {broken[0]}" if broken else ""
+        raise ValueError(f"evaluate: none of the {len(broken)} images could be read{first}")
     return Accuracy(100 * correct1 / seen, 100 * correct5 / seen, seen, time.perf_counter() - start, tuple(broken))
 
 

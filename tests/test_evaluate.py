@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from convmixer_kernels.evaluate import main, make_loader
+from convmixer_kernels.evaluate import evaluate, main, make_loader
 from convmixer_kernels.imagefolder import ImageFolder
 from convmixer_kernels.imagenet_classes import imagenet_classes
 from convmixer_kernels.models import get_model
@@ -174,3 +174,11 @@ def test_a_subset_of_other_folders_is_an_error(folder):
     with pytest.raises(ValueError, match=r"has 6 class folders for a model with 10 outputs, and the folder names "
                                          r"\(ant, bee, cat, dog, eel, \.\.\.\) are not the model's class names"):
         make_loader(get_model("convmixer_64_4"), str(data), workers=0)
+
+
+def test_skip_broken_with_every_image_broken_is_an_error(tmp_path):
+    (tmp_path / "val" / "a").mkdir(parents=True)
+    (tmp_path / "val" / "a" / "x.png").write_bytes(b"\x89PNG cut")
+    model = get_model("convmixer_64_4", num_classes=1)
+    with pytest.raises(ValueError, match=r"none of the 1 images could be read; the first: .*x.png: UnidentifiedImageError"):
+        evaluate(model, make_loader(model, str(tmp_path / "val"), workers=0, skip_broken=True), progress=False)
