@@ -23,6 +23,7 @@ from typing import Dict, List, Mapping, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
+from . import hub
 from .models import CONFIGS
 
 FORMATS = ("official", "timm", "mmpretrain")
@@ -38,25 +39,93 @@ class CheckpointError(ValueError):
 def read_checkpoint(path: str) -> Mapping:
     """The object saved in `path`: torch.save files (.pth, .pth.tar, .pt) are read with
     weights_only=True (tensors and plain containers; timm's training files also keep an
-    argparse.Namespace of their arguments, allowed here); .safetensors needs safetensors."""
+    argparse.Namespace of their arguments, allowed here); .safetensors needs safetensors.
+    A file that cannot be read raises CheckpointError: a damaged one says so (with its
+    size), and only a file that really holds refused Python objects gets the advice about
+    weights_only, naming them."""
     path = os.fspath(path)
+    if not path.strip():
+        raise FileNotFoundError("checkpoint path is empty (an unset variable?); give the path of a checkpoint file")
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint file not found: {path}")
+        raise FileNotFoundError(f"checkpoint file not found: {path}"
+                                + (" (it is a directory)" if os.path.isdir(path) else ""))
     if path.endswith(".safetensors"):
         try:
             from safetensors.torch import load_file
         except ImportError as exc:
             raise ImportError(f"reading {path} needs the safetensors package: pip install safetensors") from exc
-        return load_file(path)
+        try:
+            return load_file(path)
+        except Exception as exc:  # safetensors has one error type for every kind of damage
+            raise CheckpointError(_damaged_message(path, exc)) from exc
     try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
+        with torch.serialization.safe_globals(_ALLOWED_GLOBALS):
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
+        refused = _refused_globals(path, exc)
+        if not refused:
+            raise CheckpointError(_damaged_message(path, exc)) from exc
         raise CheckpointError(
-            f"{path} holds Python objects that a weights-only load refuses ({exc}). If you trust "
-            "the file, load it yourself (torch.load(path, weights_only=False)) and pass the dict "
-            "in place of the path."
+            f"{path} holds Python objects that a weights-only load refuses: {', '.join(refused)}. "
+            "Loading them runs code from the file. Only if you trust the file, load it yourself "
+            "(torch.load(path, weights_only=False)) and pass the dict in place of the path."
         ) from exc
+
+
+# Beyond torch's own allowlist: timm's training files keep their argparse.Namespace.
+_ALLOWED_GLOBALS = [argparse.Namespace]
+# torch's weights-only unpickler names the first global it refuses this way.
+_REFUSED_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
+
+
+def _refused_globals(path: str, exc: Exception) -> List[str]:
+    """The globals a weights-only load refused in `path`; empty when the failure is of
+    another kind (a damaged file, or a file torch.save did not write)."""
+    named = _REFUSED_GLOBAL.findall(str(exc))
+    if not named:
+        return []
+    try:
+        # A zip-format file can be listed in full; torch's message names only the first.
+        with torch.serialization.safe_globals(_ALLOWED_GLOBALS):
+            return sorted(torch.serialization.get_unsafe_globals_in_checkpoint(path)) or named
+    except Exception:  # the legacy (non-zip) format: the one torch named
+        return named
+
+
+def _looks_like(head: bytes) -> str:
+    """What the first bytes of a file that is not a torch checkpoint suggest it is."""
+    if head.lstrip()[:1] == b"<":
+        return " It starts like an HTML or XML page: a failed or redirected download?"
+    if len(head) > 9 and head[8:10] == b'{"':
+        return " It looks like a safetensors file: name it *.safetensors."
+    return ""
+
+
+def _reason(exc: Exception) -> str:
+    """The parser's own words for the damage, without torch's advice to retry with
+    weights_only=False (which a damaged file does not need and a hostile one must not get)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if lines and lines[0].startswith("Weights only load failed"):
+        # torch's detail is the line after "WeightsUnpickler error:", e.g. "Unsupported operand 60".
+        detail = [line for line in lines[1:] if not line.startswith(("Please file", "Check the documentation"))]
+        return f"{type(exc).__name__}: {detail[0] if detail else 'not a pickle that torch.save writes'}"
+    if not lines:
+        return "EOFError: the file ends early" if isinstance(exc, EOFError) else type(exc).__name__
+    return f"{type(exc).__name__}: {lines[0].split('. ')[0]}"
+
+
+def _damaged_message(path: str, exc: Exception) -> str:
+    """The error text for a checkpoint file that cannot be parsed at all."""
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        head = f.read(64)
+    message = f"{path} ({size:,} bytes) is damaged or not a checkpoint ({_reason(exc)}).{_looks_like(head)}"
+    if os.path.dirname(os.path.abspath(path)) == os.path.abspath(hub.cache_dir()):
+        message += (f" It is in the released-weights cache, probably a cut-off download: delete it "
+                    f"(rm {path}) and call get_model(..., pretrained=True) again to fetch it anew.")
+    else:
+        message += " Check that the download or copy finished, or fetch the file again."
+    return message
 
 
 def unwrap(checkpoint: Mapping, use_ema: bool = True) -> Dict[str, Tensor]:

@@ -18,6 +18,7 @@ import argparse
 import dataclasses
 from typing import List, Optional, Sequence
 
+from .cli_args import model_name, positive_int
 from .models import get_config, list_models
 
 
@@ -52,6 +53,8 @@ def count_architecture(
     name: str = "",
 ) -> Count:
     """Counts for a ConvMixer of these sizes on input_size x input_size images."""
+    if input_size < patch_size:
+        raise ValueError(f"count: input_size must be at least the patch size {patch_size}, got {input_size}")
     h, d, k, p, n = dim, depth, kernel_size, patch_size, num_classes
     positions = (input_size // p) ** 2
     stem_macs = positions * h * in_chans * p * p
@@ -85,7 +88,8 @@ def count_model(name: str, input_size: Optional[int] = None, **overrides) -> Cou
     kwargs = dict(
         dim=config.dim, depth=config.depth, kernel_size=config.kernel_size,
         patch_size=config.patch_size, num_classes=config.num_classes,
-        activation=config.activation, input_size=input_size or config.input_size,
+        activation=config.activation,
+        input_size=config.input_size if input_size is None else input_size,
     )
     return count_architecture(**{**kwargs, **overrides}, name=config.name)
 
@@ -112,11 +116,15 @@ CONVENTION_NOTE = (
 
 def main(argv: Optional[List[str]] = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m convmixer_kernels.count", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", action="append", help="a config name (repeatable; default: all)")
-    parser.add_argument("--input-size", type=int, help="image side in pixels (default: each config's)")
+    parser.add_argument("--model", action="append", type=model_name, help="a config name (repeatable; default: all)")
+    parser.add_argument("--input-size", type=positive_int, help="image side in pixels (default: each config's)")
     args = parser.parse_args(argv)
     names = args.model or list_models()
-    print(format_table([count_model(name, args.input_size) for name in names]))
+    try:
+        counts = [count_model(name, args.input_size) for name in names]
+    except ValueError as exc:  # an input size below a model's patch size
+        parser.error(f"argument --input-size: {exc}")
+    print(format_table(counts))
     print(CONVENTION_NOTE)
 
 

@@ -11,13 +11,33 @@ even k. Needs the [onnx] extra: onnx, onnxscript (torch's exporter), onnxruntime
 
 import argparse
 import copy
+import importlib
+import sys
 from typing import List, Optional, Tuple
 
 import torch
 from torch import nn
 
+from .cli_args import check_writable, existing_file, model_name, positive_int, writable_path
 from .modules import unswap_mixer_blocks
 from .reference import same_padding
+
+
+def require_onnx_packages(*modules: str) -> None:
+    """Raises ImportError naming the [onnx] extra unless every module imports: checked
+    before an export starts, not from deep inside torch.onnx after the model is built."""
+    missing = []
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            missing.append(module)
+    if missing:
+        raise ImportError(
+            f"ONNX export needs {', '.join(missing)}, which {'is' if len(missing) == 1 else 'are'} not installed: "
+            "install the [onnx] extra "
+            "(pip install 'convmixer_kernels[onnx]', or pip install onnx onnxscript onnxruntime)"
+        )
 
 
 def _integer_padding(conv: nn.Conv2d) -> nn.Module:
@@ -52,7 +72,11 @@ def export_onnx(
     dynamic_batch: bool = True,
 ) -> str:
     """Writes `model` as ONNX to `path` (input "input" NCHW float32, output "output").
-    input_size: (H, W), by default the model config's input size (224 without a config)."""
+    input_size: (H, W), by default the model config's input size (224 without a config).
+    Checks first that torch's exporter (onnx, onnxscript) is installed and that `path` can
+    be written, so that neither fails only after the whole export."""
+    require_onnx_packages("onnx", "onnxscript")
+    check_writable(path)
     plain = exportable_copy(model)
     if input_size is None:
         side = (getattr(model, "pretrained_cfg", None) or {}).get("input_size", 224)
@@ -77,6 +101,7 @@ def export_onnx(
 
 def max_onnx_error(model: nn.Module, path: str, x: torch.Tensor) -> float:
     """max |onnxruntime(path)(x) - model(x)| on the CPU, model in eval mode."""
+    require_onnx_packages("onnxruntime")
     import onnxruntime
 
     session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
@@ -93,18 +118,29 @@ def main(argv: Optional[List[str]] = None) -> None:
     from .models import get_model
 
     parser = argparse.ArgumentParser(prog="python -m convmixer_kernels.export", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", required=True, help="a config name, e.g. convmixer_768_32")
-    parser.add_argument("--checkpoint", help="weights (official, timm or mmpretrain format); default: random")
-    parser.add_argument("--pretrained", action="store_true", help="the released weights")
-    parser.add_argument("--output", required=True, help="the .onnx file to write")
-    parser.add_argument("--input-size", type=int, help="image side (default: the config's)")
-    parser.add_argument("--num-classes", type=int)
-    parser.add_argument("--opset", type=int)
+    parser.add_argument("--model", required=True, type=model_name, help="a config name, e.g. convmixer_768_32")
+    weights = parser.add_mutually_exclusive_group()
+    weights.add_argument("--checkpoint", type=existing_file("a checkpoint file"),
+                         help="weights (official, timm or mmpretrain format); default: random")
+    weights.add_argument("--pretrained", action="store_true", help="the released weights")
+    parser.add_argument("--output", required=True, type=writable_path, help="the .onnx file to write")
+    parser.add_argument("--input-size", type=positive_int, help="image side (default: the config's)")
+    parser.add_argument("--num-classes", type=positive_int)
+    parser.add_argument("--opset", type=positive_int)
     parser.add_argument("--no-check", action="store_true", help="skip the onnxruntime comparison")
     args = parser.parse_args(argv)
+    try:
+        require_onnx_packages("onnx", "onnxscript", *(() if args.no_check else ("onnxruntime",)))
+    except ImportError as exc:
+        parser.error(f"{exc}{'' if args.no_check else ' (--no-check skips the onnxruntime comparison)'}")
     overrides = {} if args.num_classes is None else {"num_classes": args.num_classes}
-    model = get_model(args.model, pretrained=args.checkpoint or args.pretrained, **overrides)
-    size = args.input_size or model.pretrained_cfg["input_size"]
+    pretrained = args.checkpoint if args.checkpoint is not None else args.pretrained
+    if pretrained is False:
+        print("exporting randomly initialized weights: no --checkpoint or --pretrained given", file=sys.stderr)
+    model = get_model(args.model, pretrained=pretrained, **overrides)
+    size = model.pretrained_cfg["input_size"] if args.input_size is None else args.input_size
+    if size < model.patch_size:
+        parser.error(f"argument --input-size: must be at least the patch size {model.patch_size}, got {size}")
     export_onnx(model, args.output, input_size=(size, size), opset=args.opset)
     print(f"wrote {args.output}")
     if not args.no_check:

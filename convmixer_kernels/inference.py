@@ -24,6 +24,23 @@ def class_names(model: nn.Module, classes: Optional[Sequence[str]] = None) -> Op
     return imagenet_classes() if getattr(model, "num_classes", None) == 1000 else None
 
 
+def _check_topk(topk) -> None:
+    if isinstance(topk, bool) or not isinstance(topk, int) or topk < 1:
+        raise ValueError(f"inference_model: topk must be a positive integer, got {topk!r}")
+
+
+def _check_names(names: Optional[Sequence[str]], outputs: int, given: bool) -> None:
+    if names is not None and len(names) != outputs:
+        source = "classes" if given else "the model's class_names"
+        raise ValueError(f"inference_model: {source} has {len(names)} names but the model has {outputs} "
+                         "outputs; give one name per output")
+
+
+def _modes(model: nn.Module):
+    # Each submodule's own flag: a model may train with some BatchNorms frozen in eval.
+    return [(m, m.training) for m in model.modules()]
+
+
 @torch.no_grad()
 def inference_model(
     model: Union[str, nn.Module],
@@ -39,31 +56,49 @@ def inference_model(
 
     model: a module, or a config name built by get_model(name, pretrained, **model_kwargs)
     (pretrained: True for the released weights, or a checkpoint path).
+    topk: a positive integer (more than the outputs gives them all). classes: one name per
+    output. The model runs in eval mode and gets back each module's mode afterwards.
     Returns, per image, mmpretrain's fields: pred_label (int), pred_score (float),
     pred_class (str), pred_scores (the softmax over all classes, a float32 numpy array),
     and topk: [{"label", "score", "class"}, ...] best first."""
+    _check_topk(topk)
+    images = image if isinstance(image, list) else [image]
+    if not images:
+        raise ValueError("inference_model: image is an empty list; pass at least one image")
     if isinstance(model, str):
         model = get_model(model, pretrained=pretrained, **model_kwargs)
     if device is not None:
         model = model.to(device)
+    modes = _modes(model)
     model.eval()
-    param = next(model.parameters())
-    images = image if isinstance(image, list) else [image]
-    batch = torch.stack([preprocess(img, **preprocess_args(model)) for img in images])
-    scores = torch.softmax(model(batch.to(param.device, param.dtype)).float(), dim=1).cpu()
+    try:
+        scores = _scores(model, images)
+    finally:
+        for module, training in modes:
+            module.training = training
     names = class_names(model, classes)
-    results = []
-    for row in scores:
-        values, labels = row.topk(min(topk, row.numel()))
-        top = [
-            {"label": int(l), "score": float(v), "class": names[int(l)] if names else str(int(l))}
-            for v, l in zip(values, labels)
-        ]
-        results.append({
-            "pred_label": top[0]["label"],
-            "pred_score": top[0]["score"],
-            "pred_class": top[0]["class"],
-            "pred_scores": row.numpy(),
-            "topk": top,
-        })
+    _check_names(names, scores.shape[1], given=classes is not None)
+    results = [_result(row, topk, names) for row in scores]
     return results if isinstance(image, list) else results[0]
+
+
+def _scores(model: nn.Module, images: List[ImageLike]) -> torch.Tensor:
+    """The softmax over the outputs for each image, float32 on the CPU."""
+    param = next(model.parameters())
+    batch = torch.stack([preprocess(img, **preprocess_args(model)) for img in images])
+    return torch.softmax(model(batch.to(param.device, param.dtype)).float(), dim=1).cpu()
+
+
+def _result(row: torch.Tensor, topk: int, names: Optional[Sequence[str]]) -> Dict:
+    values, labels = row.topk(min(topk, row.numel()))
+    top = [
+        {"label": int(l), "score": float(v), "class": names[int(l)] if names else str(int(l))}
+        for v, l in zip(values, labels)
+    ]
+    return {
+        "pred_label": top[0]["label"],
+        "pred_score": top[0]["score"],
+        "pred_class": top[0]["class"],
+        "pred_scores": row.numpy(),
+        "topk": top,
+    }

@@ -21,6 +21,17 @@ from .reference import (
 )
 
 
+def _refuse_script(module: nn.Module):
+    # torch.jit.script calls __prepare_scriptable__ on every submodule before compiling:
+    # the one place to say it is unsupported before TorchScript fails deep in the source.
+    raise RuntimeError(
+        f"torch.jit.script does not support {type(module).__name__} (its forward is Python that "
+        "TorchScript cannot compile, and the fused op is a Python custom op): use torch.compile(model), "
+        "or torch.jit.trace(model, example_input) for a TorchScript module, or convmixer_kernels.export "
+        "for ONNX"
+    )
+
+
 class FusedMixerBlock(nn.Module):
     """x + BatchNorm2d(act(depthwise Conv2d(x))) in one fused op.
 
@@ -76,6 +87,8 @@ class FusedMixerBlock(nn.Module):
 
     def extra_repr(self) -> str:
         return f"activation={self.activation!r}, backend={self.backend!r}"
+
+    __prepare_scriptable__ = _refuse_script
 
 
 def why_not_mixer_sequential(fn: nn.Module) -> Optional[str]:
@@ -226,6 +239,8 @@ class ConvMixer(nn.Module):
             normalized.append(block)
         # Maps come out in block order, each once, as mmpretrain's backbone returns them.
         return tuple(sorted(set(normalized)))
+
+    __prepare_scriptable__ = _refuse_script
 
     def train(self, mode: bool = True) -> "ConvMixer":
         super().train(mode)

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from convmixer_kernels import available_backends, swap_mixer_blocks
+from convmixer_kernels.cli_args import device_name, positive_int
 
 
 class Residual(nn.Module):
@@ -62,14 +63,14 @@ def median_ms(model: nn.Module, x: torch.Tensor, repeats: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--dim", type=int, default=768)
-    parser.add_argument("--depth", type=int, default=8)
-    parser.add_argument("--kernel-size", type=int, default=7)
-    parser.add_argument("--patch-size", type=int, default=7)
-    parser.add_argument("--image-size", type=int, default=224)
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dim", type=positive_int, default=768)
+    parser.add_argument("--depth", type=positive_int, default=8)
+    parser.add_argument("--kernel-size", type=positive_int, default=7)
+    parser.add_argument("--patch-size", type=positive_int, default=7)
+    parser.add_argument("--image-size", type=positive_int, default=224)
+    parser.add_argument("--batch", type=positive_int, default=8)
+    parser.add_argument("--repeats", type=positive_int, default=5)
+    parser.add_argument("--device", type=device_name, default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
 
     torch.manual_seed(0)

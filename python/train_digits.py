@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from sklearn.datasets import load_digits
 
 from convmixer_kernels import ConvMixer, available_backends
+from convmixer_kernels.cli_args import positive_float, positive_int
 
 
 def digits(seed: int):
@@ -94,16 +95,16 @@ def plot(path: str, fused: np.ndarray, eager: np.ndarray) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--dim", type=int, default=32)
-    parser.add_argument("--depth", type=int, default=4)
-    parser.add_argument("--kernel-size", type=int, default=3)
-    parser.add_argument("--epochs", type=int, default=6)
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--lr", type=float, default=1e-2)
+    parser.add_argument("--dim", type=positive_int, default=32)
+    parser.add_argument("--depth", type=positive_int, default=4)
+    parser.add_argument("--kernel-size", type=positive_int, default=3)
+    parser.add_argument("--epochs", type=positive_int, default=6)
+    parser.add_argument("--batch-size", type=positive_int, default=64)
+    parser.add_argument("--lr", type=positive_float, default=1e-2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--plot", default="train_digits.png", help="where to save the loss curves (PNG)")
     # Batches of 64 x 32 x 8 x 8 are too small to share among threads: one is fastest.
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--threads", type=positive_int, default=1)
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)

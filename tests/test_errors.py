@@ -1,9 +1,13 @@
 """Bad input gets an error naming the argument and what was expected."""
 
+import warnings
+
 import pytest
 import torch
 
 from convmixer_kernels import mixer_block
+from convmixer_kernels.modules import ConvMixer, FusedMixerBlock, swap_mixer_blocks
+from convmixer_kernels.reference import plain_mixer_block
 from parity import Case, make_inputs
 
 
@@ -92,3 +96,56 @@ def test_kernel_op_checks(name, args, match):
     }
     with pytest.raises(RuntimeError, match=match):
         calls[args]()
+
+
+@pytest.mark.parametrize("name, value", [("momentum", None), ("momentum", "0.1"), ("eps", None)])
+def test_momentum_or_eps_that_is_not_a_float(name, value):
+    # momentum=None used to fail with "'<=' not supported between 'float' and 'NoneType'".
+    pos = list(_args().values())
+    with pytest.raises(TypeError, match=rf"mixer_block: {name} must be a float, got {value!r}"):
+        mixer_block(*pos, training=True, **{name: value})
+    with pytest.raises(TypeError, match=r"for BatchNorm's momentum=None pass 1 / num_batches_tracked"):
+        mixer_block(*pos, training=True, momentum=None)
+
+
+@pytest.mark.parametrize("training", [False, True])
+@pytest.mark.parametrize("backend", ["auto", "cpu", "eager"])
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
+def test_all_meta_tensors_give_meta_outputs_as_eager_does(training, backend, memory_format):
+    meta = {k: v.to("meta") for k, v in _args().items()}
+    meta["x"] = meta["x"].contiguous(memory_format=memory_format).requires_grad_()
+    y = mixer_block(*meta.values(), training=training, backend=backend)
+    eager = meta["x"] + torch.nn.functional.batch_norm(
+        torch.nn.functional.gelu(torch.nn.functional.conv2d(meta["x"], meta["conv_weight"], meta["conv_bias"],
+                                                            padding="same", groups=4)),
+        meta["running_mean"], meta["running_var"], meta["bn_weight"], meta["bn_bias"], training)
+    assert y.device.type == "meta" and y.shape == eager.shape and y.dtype == eager.dtype
+    assert y.is_contiguous(memory_format=memory_format)
+    y.sum().backward()
+    assert meta["x"].grad.device.type == "meta" and meta["x"].grad.shape == meta["x"].shape
+
+
+def test_a_model_built_on_meta_runs_on_meta():
+    with torch.device("meta"):
+        model = ConvMixer(8, 2, kernel_size=3, patch_size=2, num_classes=3)
+    for mode in (False, True):
+        assert model.train(mode)(torch.randn(2, 3, 8, 8, device="meta")).shape == (2, 3)
+
+
+def test_jit_script_is_refused_pointing_to_compile_and_trace():
+    swapped = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), plain_mixer_block(4, 3))
+    assert swap_mixer_blocks(swapped) == 1
+    plain = ConvMixer(8, 2, kernel_size=3, patch_size=2, num_classes=3, fused=False)
+    for model, name in ((FusedMixerBlock(4, 3), "FusedMixerBlock"), (plain, "ConvMixer"),
+                        (swapped, "FusedMixerBlock")):
+        with pytest.raises(RuntimeError, match=rf"torch.jit.script does not support {name} .*use torch.compile\(model\), "
+                                               r"or torch.jit.trace\(model, example_input\)"):
+            torch.jit.script(model)
+    # The advice holds: tracing works and gives the same output.
+    model = ConvMixer(8, 2, kernel_size=3, patch_size=2, num_classes=3).eval()
+    x = torch.randn(2, 3, 8, 8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)  # shapes become constants, as intended
+        traced = torch.jit.trace(model, x)
+    with torch.no_grad():
+        torch.testing.assert_close(traced(x), model(x))

@@ -1,5 +1,6 @@
 """python -m convmixer_kernels.evaluate over a small ImageFolder the test writes."""
 
+import os
 import re
 import subprocess
 import sys
@@ -9,8 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
-from convmixer_kernels.evaluate import main
+from convmixer_kernels.evaluate import evaluate, main, make_loader
 from convmixer_kernels.imagefolder import ImageFolder
+from convmixer_kernels.imagenet_classes import imagenet_classes
 from convmixer_kernels.models import get_model
 from convmixer_kernels.preprocess import preprocess, preprocess_args
 
@@ -79,3 +81,104 @@ def test_more_folders_than_classes_is_an_error(folder):
     with pytest.raises(ValueError, match="6 class folders but the model has 4 outputs"):
         main(["--model", "convmixer_64_4", "--checkpoint", str(checkpoint), "--data", str(data),
               "--num-classes", "4", "--workers", "0"])
+
+
+def add_broken_images(data):
+    """A truncated PNG and a text file named .jpg beside the good images."""
+    good = (data / "bee" / "1.png").read_bytes()
+    (data / "bee" / "cut.png").write_bytes(good[: len(good) // 2])
+    (data / "cat" / "text.jpg").write_text("not a jpeg")
+    return [str(data / "bee" / "cut.png"), str(data / "cat" / "text.jpg")]
+
+
+@pytest.mark.parametrize("workers", ["0", "2"])
+def test_a_broken_image_stops_the_run_naming_the_file(folder, workers):
+    data, checkpoint = folder
+    broken = add_broken_images(data)
+    with pytest.raises(ValueError) as info:
+        main(["--model", "convmixer_64_4", "--checkpoint", str(checkpoint), "--data", str(data),
+              "--num-classes", "6", "--workers", workers, "--no-progress"])
+    message = str(info.value)
+    assert f"cannot read the image {broken[0]}" in message and "--skip-broken" in message
+
+
+@pytest.mark.parametrize("workers", ["0", "2"])
+def test_skip_broken_counts_and_lists_them_and_scores_the_rest(folder, capsys, workers):
+    data, checkpoint = folder
+    broken = add_broken_images(data)
+    result = main(["--model", "convmixer_64_4", "--checkpoint", str(checkpoint), "--data", str(data),
+                   "--num-classes", "6", "--batch-size", "4", "--workers", workers, "--skip-broken", "--no-progress"])
+    for path in broken:
+        os.remove(path)
+    top1, top5 = expected_accuracy(data, checkpoint)  # over the 18 good images only
+    assert result.images == 18 and result.top1 == pytest.approx(top1) and result.top5 == pytest.approx(top5)
+    assert [b.split(":")[0] for b in result.broken] == broken
+    out = capsys.readouterr().out
+    assert "skipped 2 broken images:" in out and all(path in out for path in broken)
+
+
+def synset_folder(tmp_path, synsets):
+    rng = np.random.default_rng(1)
+    data = tmp_path / "synsets"
+    for synset in synsets:
+        (data / synset).mkdir(parents=True)
+        Image.fromarray(rng.integers(0, 256, size=(32, 32, 3), dtype=np.uint8)).save(data / synset / "0.png")
+    return data
+
+
+def test_a_subset_of_synset_folders_needs_a_class_map(tmp_path):
+    # The first and the last ImageNet synsets: by folder order they would be labelled 0 and
+    # 1, but they are outputs 0 and 999.
+    data = synset_folder(tmp_path, ["n01440764", "n15075141"])
+    model = get_model("convmixer_64_4", num_classes=1000)
+    with pytest.raises(ValueError) as info:
+        make_loader(model, str(data), workers=0)
+    message = str(info.value)
+    assert f"{data} has 2 class folders for a model with 1000 outputs" in message
+    assert "Pass --class-map FILE" in message and "LOC_synset_mapping.txt" in message
+
+    # A class map in the devkit's format: "synset name, name" a line, in output order.
+    lines = [f"n{i:08d} class {i}" for i in range(1000)]
+    lines[0], lines[999] = "n01440764 tench, Tinca tinca", "n15075141 toilet tissue, toilet paper"
+    class_map = tmp_path / "LOC_synset_mapping.txt"
+    class_map.write_text("\n".join(lines) + "\n")
+    loader = make_loader(model, str(data), workers=0, class_map=str(class_map))
+    assert [label for _, label in loader.dataset.samples] == [0, 999]
+
+
+def test_class_map_errors(tmp_path):
+    data = synset_folder(tmp_path, ["n01440764", "n15075141"])
+    model = get_model("convmixer_64_4", num_classes=1000)
+    short = tmp_path / "short.txt"
+    short.write_text("n01440764\nn01443537\n")
+    with pytest.raises(ValueError, match=r"1 class folders of .* are not in the class map .*short.txt: \['n15075141'\]"):
+        make_loader(model, str(data), workers=0, class_map=str(short))
+    twice = tmp_path / "twice.txt"
+    twice.write_text("n01440764\nn01440764\n")
+    with pytest.raises(ValueError, match=r"names a folder more than once: \['n01440764'\]"):
+        make_loader(model, str(data), workers=0, class_map=str(twice))
+    with pytest.raises(ValueError, match=r"class map .*short.txt has 2 classes but the model has 1 outputs"):
+        make_loader(get_model("convmixer_64_4", num_classes=1), str(data), workers=0, class_map=str(short))
+
+
+def test_folders_named_after_the_classes_map_by_name(tmp_path):
+    # ImageNet class names as folder names: a subset is matched by name, not by order.
+    names = imagenet_classes()
+    data = synset_folder(tmp_path, [names[5], names[900]])
+    loader = make_loader(get_model("convmixer_64_4", num_classes=1000), str(data), workers=0)
+    assert sorted(label for _, label in loader.dataset.samples) == [5, 900]
+
+
+def test_a_subset_of_other_folders_is_an_error(folder):
+    data, checkpoint = folder
+    with pytest.raises(ValueError, match=r"has 6 class folders for a model with 10 outputs, and the folder names "
+                                         r"\(ant, bee, cat, dog, eel, \.\.\.\) are not the model's class names"):
+        make_loader(get_model("convmixer_64_4"), str(data), workers=0)
+
+
+def test_skip_broken_with_every_image_broken_is_an_error(tmp_path):
+    (tmp_path / "val" / "a").mkdir(parents=True)
+    (tmp_path / "val" / "a" / "x.png").write_bytes(b"\x89PNG cut")
+    model = get_model("convmixer_64_4", num_classes=1)
+    with pytest.raises(ValueError, match=r"none of the 1 images could be read; the first: .*x.png: UnidentifiedImageError"):
+        evaluate(model, make_loader(model, str(tmp_path / "val"), workers=0, skip_broken=True), progress=False)

@@ -51,3 +51,11 @@ def test_export_cli(tmp_path, capsys):
     out = capsys.readouterr().out
     assert output.is_file() and "max abs difference" in out
     assert float(out.rsplit(" ", 1)[-1]) < 1e-5
+
+
+def test_export_cli_says_when_the_weights_are_random(tmp_path, capsys):
+    output = tmp_path / "random.onnx"
+    main(["--model", "convmixer_64_4", "--output", str(output), "--no-check"])
+    captured = capsys.readouterr()
+    assert output.is_file() and f"wrote {output}" in captured.out
+    assert "exporting randomly initialized weights: no --checkpoint or --pretrained given" in captured.err

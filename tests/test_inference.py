@@ -100,3 +100,30 @@ def test_inference_model_by_name_with_a_checkpoint_and_class_names(tmp_path):
     assert result["pred_class"] in {"cat", "dog", "bird"} and len(result["topk"]) == 3
     unnamed = inference_model(get_model("convmixer_64_4"), random_image(32, 32))
     assert unnamed["pred_class"] == str(unnamed["pred_label"])
+
+
+@pytest.mark.parametrize("topk", [0, -1, 2.5, True])
+def test_inference_model_refuses_a_topk_that_is_not_positive(topk):
+    with pytest.raises(ValueError, match=rf"topk must be a positive integer, got {topk!r}"):
+        inference_model(get_model("convmixer_64_4"), random_image(32, 32), topk=topk)
+
+
+def test_inference_model_refuses_an_empty_list_and_a_wrong_class_list():
+    model = get_model("convmixer_64_4")
+    with pytest.raises(ValueError, match="image is an empty list; pass at least one image"):
+        inference_model(model, [])
+    with pytest.raises(ValueError, match="classes has 3 names but the model has 10 outputs; give one name per output"):
+        inference_model(model, random_image(32, 32), classes=["cat", "dog", "bird"])
+    model.class_names = ["x"] * 11
+    with pytest.raises(ValueError, match="the model's class_names has 11 names but the model has 10 outputs"):
+        inference_model(model, random_image(32, 32))
+
+
+def test_inference_model_gives_back_each_module_its_mode():
+    model = get_model("convmixer_64_4").train()
+    model.blocks[0][3].eval()  # a frozen BatchNorm inside a training model
+    before = [m.training for m in model.modules()]
+    stats = model.blocks[1][3].running_mean.clone()
+    inference_model(model, random_image(32, 32))
+    assert [m.training for m in model.modules()] == before and model.training
+    assert torch.equal(model.blocks[1][3].running_mean, stats)  # it ran in eval: no statistics update

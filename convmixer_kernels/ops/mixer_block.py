@@ -10,6 +10,8 @@ the in-place running-statistics update happens in `mixer_block` after the forwar
 on C-length vectors.
 """
 
+import contextlib
+import numbers
 from typing import Optional, Tuple
 
 import torch
@@ -224,6 +226,12 @@ def _check_inputs(x, conv_weight, conv_bias, bn_weight, bn_bias, running_mean, r
         raise ValueError("mixer_block: running_mean and running_var must both be given or both be None")
     if activation not in ACTIVATIONS:
         raise ValueError(f"mixer_block: activation must be one of {ACTIVATIONS}, got {activation!r}")
+    for value, name in ((eps, "eps"), (momentum, "momentum")):
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            # nn.BatchNorm2d's momentum=None (a cumulative average) is a rule of the module,
+            # not of the op: FusedMixerBlock passes 1 / num_batches_tracked for it.
+            hint = " (for BatchNorm's momentum=None pass 1 / num_batches_tracked)" if name == "momentum" else ""
+            raise TypeError(f"mixer_block: {name} must be a float, got {value!r}{hint}")
     if not eps > 0:
         raise ValueError(f"mixer_block: eps must be positive, got {eps}")
     if not 0.0 <= momentum <= 1.0:
@@ -262,7 +270,9 @@ def mixer_block(
     "triton", "cpu" or "eager"; see available_backends(device).
     """
     out_dtype = x.dtype
-    if isinstance(x, Tensor) and torch.is_autocast_enabled(x.device.type) and x.dtype != torch.float64:
+    # Meta tensors (shapes only) have no autocast state, and torch raises when asked for it.
+    on_meta = isinstance(x, Tensor) and x.device.type == "meta"
+    if isinstance(x, Tensor) and not on_meta and torch.is_autocast_enabled(x.device.type) and x.dtype != torch.float64:
         # The eager block under autocast runs its conv on weights rounded to the autocast
         # dtype and sums the residual in x's dtype promoted with it. A float32 x keeps its
         # precision here (the residual stream stays exact; the conv sees the rounded
@@ -277,12 +287,18 @@ def mixer_block(
                   momentum, eps, activation)
     x = x.contiguous(memory_format=_memory_format(x))
     use_batch_stats = training or running_mean is None
-    problem = auto_select.Problem.of(x, conv_weight, use_batch_stats, activation) if backend == "auto" else None
-    name = backends.resolve(backend, x.device, x.dtype, problem)
+    if on_meta:
+        # The custom ops' fake implementations give the meta outputs, as eager does; no
+        # backend runs, so none is chosen.
+        name = "eager"
+    else:
+        problem = auto_select.Problem.of(x, conv_weight, use_batch_stats, activation) if backend == "auto" else None
+        name = backends.resolve(backend, x.device, x.dtype, problem)
     acc = _acc_dtype(x.dtype)
     weight = conv_weight.contiguous()
     vectors = [t.to(acc).contiguous() if t is not None else None for t in (bn_weight, bn_bias)]
-    with torch.autocast(x.device.type, enabled=False):
+    no_autocast = contextlib.nullcontext() if on_meta else torch.autocast(x.device.type, enabled=False)
+    with no_autocast:
         if use_batch_stats:
             if x.shape[0] * x.shape[2] * x.shape[3] <= 1:
                 raise ValueError(
