@@ -164,3 +164,23 @@ def test_runs_on_an_older_cpu_under_qemu(cpu, level, tmp_path):
     assert f"level {level}" in lines, out.stdout
     errors = [float(line.split()[-1]) for line in lines if line.startswith("error")]
     assert len(errors) == 2 and max(errors) < 1e-5, out.stdout
+
+
+@pytest.mark.parametrize("level", RUNNABLE)
+@pytest.mark.parametrize("layout", ("nchw", "channels_last"))
+@pytest.mark.parametrize("k", (7, 8))
+def test_bf16_nan_and_inf_land_where_eager_puts_them(level, layout, k):
+    # The bf16 dot-product kernels (avx512_bf16) pair each tap with its neighbour; an odd
+    # k's last tap must not pair a real input with a zero tap (0 * inf = NaN).
+    from convmixer_kernels.reference import mixer_block_reference
+
+    inputs = make_inputs(Case(n=1, c=20, h=12, w=21, k=k, dtype=torch.bfloat16, layout=layout, activation="relu"))
+    x = inputs.x.clone()
+    x[0, 0, 5, 20] = float("inf")  # the last column: just past the windows of columns < 20 - k // 2
+    x[0, 3, 6, 10] = float("-inf")
+    x[0, 17, 0, 0] = float("nan")
+    args = (x, inputs.weight, inputs.bias, inputs.gamma, inputs.beta, inputs.running_mean, inputs.running_var)
+    ref = mixer_block_reference(*args, training=False, activation_fn="relu")
+    with cpu_level(level):
+        y = cmk.mixer_block(*args, training=False, activation="relu", backend="cpu")
+    assert torch.equal(y.isnan(), ref.isnan()) and torch.equal(y.isinf(), ref.isinf())

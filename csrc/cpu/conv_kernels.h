@@ -11,6 +11,11 @@
 #pragma once
 
 #include <cstdint>
+#include <cstring>
+
+#if defined(__AVX512BF16__)
+#include <immintrin.h>
+#endif
 
 #include "../mixer_block_params.h"
 #include "simd.h"
@@ -196,6 +201,134 @@ void corr_tile_cl(const T* d, int64_t drow, const T* in, int64_t prow, int rows,
       for (int v = 0; v < CBV; ++v) vstore(dw + (tr * K + s) * CB + v * VL, acc[s][v]);
   }
 }
+
+// ---------------------------------------------------------------------------------------
+// bfloat16 inputs on CPUs with AVX-512 BF16. vdpbf16ps multiplies two pairs of bf16 and
+// adds both products, exact in float32, to a float32 lane: a pair of taps (s, s + 1)
+// costs one instruction where the float kernels above spend two FMAs, with the same one
+// rounding per tap (the instruction treats subnormal inputs and results as zero, far
+// below the parity bounds). The kernels read `pairs`, which holds for every element of
+// a padded buffer that element and the one `step` elements on (the next column in NCHW,
+// the next pixel's channel in channels_last) as bf16; inputs that are bf16 to begin
+// with convert exactly. An odd k's last tap goes through the float buffer instead of a
+// pair with a zero tap: 0 * inf beyond the window would make a NaN that eager does not.
+#if defined(__AVX512BF16__)
+inline uint32_t bf16_bits(float v) {
+  uint32_t u;
+  std::memcpy(&u, &v, sizeof(u));
+  return u >> 16;  // exact for a value that is a bf16
+}
+
+inline uint32_t bf16_pair(float lo, float hi) { return bf16_bits(lo) | (bf16_bits(hi) << 16); }
+
+// pairs[i] = (in[i], in[i + step]) for i < n, with a zero where i + step >= n.
+inline void make_bf16_pairs(const float* in, int64_t n, int64_t step, uint32_t* pairs) {
+  const __m512i hi_mask = _mm512_set1_epi32(static_cast<int>(0xffff0000u));
+  int64_t i = 0;
+  for (; i + 16 + step <= n; i += 16) {
+    const __m512i lo = _mm512_srli_epi32(_mm512_loadu_si512(in + i), 16);
+    const __m512i hi = _mm512_and_si512(_mm512_loadu_si512(in + i + step), hi_mask);
+    _mm512_storeu_si512(pairs + i, _mm512_or_si512(lo, hi));
+  }
+  for (; i < n; ++i) pairs[i] = bf16_pair(in[i], i + step < n ? in[i + step] : 0.0f);
+}
+
+inline __m512 dot_bf16(__m512 acc, __m512i x, __m512i w) {
+  return _mm512_dpbf16_ps(acc, reinterpret_cast<__m512bh&>(x), reinterpret_cast<__m512bh&>(w));
+}
+
+// conv_plane for bf16 values: `in` the float plane, `pairs` its column pairs, `wp` the
+// taps in pairs, wp[tr * (K / 2) + sp] = (w[tr][2 sp], w[tr][2 sp + 1]).
+template <int KT, int NV, int R>
+void conv_plane_bf16(const uint32_t* pairs, const float* in, int64_t pitch, const uint32_t* wp, const float* w,
+                     float bias, float* out, int64_t opitch, int rows, int cols, int kr) {
+  constexpr int VL = 16;
+  constexpr int CW = NV * VL;
+  const int K = KT > 0 ? KT : kr;
+  const int KP = K / 2;
+  for (int i0 = 0; i0 < rows; i0 += R) {
+    for (int j0 = 0; j0 < cols; j0 += CW) {
+      __m512 acc[R][NV];
+#pragma GCC unroll 8
+      for (int r = 0; r < R; ++r)
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_set1_ps(bias);
+      for (int q = 0; q < R + K - 1; ++q) {
+        const uint32_t* prow = pairs + (i0 + q) * pitch + j0;
+        const int rlo = q - K + 1 > 0 ? q - K + 1 : 0;
+        const int rhi = q < R - 1 ? q : R - 1;
+#pragma GCC unroll 16
+        for (int sp = 0; sp < KP; ++sp) {
+          __m512i xv[NV];
+#pragma GCC unroll 4
+          for (int v = 0; v < NV; ++v) xv[v] = _mm512_loadu_si512(prow + 2 * sp + v * VL);
+#pragma GCC unroll 8
+          for (int r = 0; r < R; ++r) {
+            if (r < rlo || r > rhi) continue;
+            const __m512i wv = _mm512_set1_epi32(static_cast<int>(wp[(q - r) * KP + sp]));
+#pragma GCC unroll 4
+            for (int v = 0; v < NV; ++v) acc[r][v] = dot_bf16(acc[r][v], xv[v], wv);
+          }
+        }
+        if (K % 2) {
+          const float* row = in + (i0 + q) * pitch + j0 + K - 1;
+          __m512 xv[NV];
+#pragma GCC unroll 4
+          for (int v = 0; v < NV; ++v) xv[v] = _mm512_loadu_ps(row + v * VL);
+#pragma GCC unroll 8
+          for (int r = 0; r < R; ++r) {
+            if (r < rlo || r > rhi) continue;
+            const __m512 wv = _mm512_set1_ps(w[(q - r) * K + K - 1]);
+#pragma GCC unroll 4
+            for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_fmadd_ps(wv, xv[v], acc[r][v]);
+          }
+        }
+      }
+#pragma GCC unroll 8
+      for (int r = 0; r < R; ++r)
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; ++v) _mm512_storeu_ps(out + (i0 + r) * opitch + j0 + v * VL, acc[r][v]);
+    }
+  }
+}
+
+// conv_tile_cl for bf16 values (one 16-channel vector per pixel): `pairs` pairs each
+// pixel's channels with the next pixel's, `wp[(tr * (K / 2) + sp) * 16 + l]` =
+// (wt[tr][2 sp][l], wt[tr][2 sp + 1][l]).
+template <int KT, int J>
+void conv_tile_cl_bf16(const uint32_t* pairs, const float* in, int64_t prow, const uint32_t* wp, const float* wt,
+                       const float* bias, float* out, int64_t orow, int rows, int pixels, int kr) {
+  constexpr int CB = 16;
+  const int K = KT > 0 ? KT : kr;
+  const int KP = K / 2;
+  const __m512 b = _mm512_loadu_ps(bias);
+  for (int i = 0; i < rows; ++i) {
+    for (int j0 = 0; j0 < pixels; j0 += J) {
+      __m512 acc[J];
+#pragma GCC unroll 16
+      for (int j = 0; j < J; ++j) acc[j] = b;
+      for (int tr = 0; tr < K; ++tr) {
+        const int64_t base = (i + tr) * prow + j0 * CB;
+#pragma GCC unroll 16
+        for (int sp = 0; sp < KP; ++sp) {
+          const __m512i wv = _mm512_loadu_si512(wp + (tr * KP + sp) * CB);
+#pragma GCC unroll 16
+          for (int j = 0; j < J; ++j)
+            acc[j] = dot_bf16(acc[j], _mm512_loadu_si512(pairs + base + (j + 2 * sp) * CB), wv);
+        }
+        if (K % 2) {
+          const __m512 wv = _mm512_loadu_ps(wt + (tr * K + K - 1) * CB);
+#pragma GCC unroll 16
+          for (int j = 0; j < J; ++j)
+            acc[j] = _mm512_fmadd_ps(wv, _mm512_loadu_ps(in + base + (j + K - 1) * CB), acc[j]);
+        }
+      }
+#pragma GCC unroll 16
+      for (int j = 0; j < J; ++j) _mm512_storeu_ps(out + i * orow + (j0 + j) * CB, acc[j]);
+    }
+  }
+}
+#endif
 
 }  // namespace CMK_CPU_CAPABILITY
 }  // namespace cpu
