@@ -21,7 +21,6 @@ Build against the installed torch: pip install --no-build-isolation .
 """
 
 import concurrent.futures
-import functools
 import glob
 import hashlib
 import os
@@ -72,26 +71,15 @@ X86_LEVELS = {
     "baseline": ["-march=x86-64", "-mtune=generic"],
     "avx2": ["-march=x86-64-v3", "-mtune=generic"],
     "avx512": ["-march=x86-64-v4", "-mtune=generic"],
-    # bf16 convolutions on vdpbf16ps (csrc/cpu/conv_kernels.h); Zen 4, Sapphire Rapids on
-    "avx512_bf16": ["-march=x86-64-v4", "-mavx512bf16", "-mtune=generic"],
 }
 KERNEL_SOURCE = "csrc/cpu/mixer_block_cpu.cpp"
 CXX_FLAGS = ["-O3", "-std=c++20", "-fopenmp"]  # torch 2.13's headers need C++20
 
 
-@functools.lru_cache(maxsize=None)
-def compiler_accepts(flags):
-    """Whether the C++ compiler takes these flags (an older GCC lacks -mavx512bf16)."""
-    cxx = os.environ.get("CXX", "c++")
-    probe = subprocess.run([cxx, *flags, "-x", "c++", "-c", "-", "-o", os.devnull], input="int main() {}\n",
-                           capture_output=True, text=True)
-    return probe.returncode == 0
-
-
 def cpu_levels():
     """The (name, flags) of each capability level to compile, baseline first."""
     if platform.machine().lower() in ("x86_64", "amd64", "i386", "i686"):
-        levels = {name: flags for name, flags in X86_LEVELS.items() if compiler_accepts(tuple(flags))}
+        levels = dict(X86_LEVELS)
     else:
         levels = {"baseline": []}
     wanted = os.environ.get("CONVMIXER_KERNELS_CPU_LEVELS")

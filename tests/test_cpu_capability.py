@@ -170,8 +170,8 @@ def test_runs_on_an_older_cpu_under_qemu(cpu, level, tmp_path):
 @pytest.mark.parametrize("layout", ("nchw", "channels_last"))
 @pytest.mark.parametrize("k", (7, 8))
 def test_bf16_nan_and_inf_land_where_eager_puts_them(level, layout, k):
-    # The bf16 dot-product kernels (avx512_bf16) pair each tap with its neighbour; an odd
-    # k's last tap must not pair a real input with a zero tap (0 * inf = NaN).
+    # Non-finite inputs next to the windows' edges, at every level: no level may turn a
+    # zero tap times an inf beyond a window into a NaN that eager does not produce.
     from convmixer_kernels.reference import mixer_block_reference
 
     inputs = make_inputs(Case(n=1, c=20, h=12, w=21, k=k, dtype=torch.bfloat16, layout=layout, activation="relu"))

@@ -168,7 +168,6 @@ struct PlaneState {
   Scratch<T> in, h, dh, dy, row;
   T* dh_base = nullptr;
   std::vector<T> w, wflip;
-  std::vector<uint32_t> pairs, wpairs;  // bf16 inputs on AVX-512 BF16 (conv_plane_bf16)
   PlaneState(const PlaneGeom<T>& pg, bool backward) {
     in.resize(pg.plane);
     h.resize(static_cast<size_t>(pg.rows) * pg.cols);
@@ -204,20 +203,6 @@ void load_and_convolve_plane(const Geometry& g, const PlaneGeom<T>& pg, const S*
   load_plane(g, x, n, c, st.in.data(), pg.pitch, pg.left);
   load_weights(weight, c, pg.K, st.w.data());
   const T b = bias ? static_cast<T>(bias[c]) : T(0);
-#if defined(__AVX512BF16__)
-  if constexpr (std::is_same<S, c10::BFloat16>::value) {
-    const int K = pg.K, KP = K / 2;
-    st.pairs.resize(pg.plane);
-    make_bf16_pairs(st.in.data(), pg.plane, 1, st.pairs.data());
-    st.wpairs.resize(static_cast<size_t>(K) * KP);
-    for (int tr = 0; tr < K; ++tr)
-      for (int sp = 0; sp < KP; ++sp) st.wpairs[tr * KP + sp] = bf16_pair(st.w[tr * K + 2 * sp], st.w[tr * K + 2 * sp + 1]);
-    const auto conv = pg.nv == 2 ? conv_plane_bf16<KT, 2, kPlaneRows> : conv_plane_bf16<KT, 1, kPlaneRows>;
-    conv(st.pairs.data(), st.in.data(), pg.pitch, st.wpairs.data(), st.w.data(), b, st.h.data(), pg.cols, pg.rows,
-         pg.cols, K);
-    return;
-  }
-#endif
   conv_plane_k<T, KT>(pg, st.in.data(), st.w.data(), b, st.h.data());
 }
 
@@ -292,7 +277,6 @@ template <typename T>
 struct TileState {
   static constexpr int kCB = TileGeom<T>::kCB;
   Scratch<T> in, h, dh, dy, w, wflip, bias, zero, dw;
-  std::vector<uint32_t> pairs, wpairs;  // bf16 inputs on AVX-512 BF16 (conv_tile_cl_bf16)
   TileState(const TileGeom<T>& tg, bool backward) {
     const size_t taps = static_cast<size_t>(tg.K) * tg.K;
     in.resize(tg.plane);
@@ -390,38 +374,6 @@ void load_tile_inputs(const Geometry& g, const TileGeom<T>& tg, const S* x, cons
   load_tile(g, x, b.n, b.c0, b.nc, st.in.data(), tg.pw, tg.left);
   load_tile_weights(weight, b.c0, b.nc, tg.K, false, st.w.data());
   load_channel_vec(bias, b.c0, b.nc, st.bias.data());
-#if defined(__AVX512BF16__)
-  if constexpr (std::is_same<S, c10::BFloat16>::value) {
-    constexpr int CB = TileGeom<T>::kCB;
-    const int K = tg.K, KP = K / 2;
-    st.pairs.resize(tg.plane);
-    make_bf16_pairs(st.in.data(), tg.plane, CB, st.pairs.data());
-    st.wpairs.resize(static_cast<size_t>(K) * KP * CB);
-    const T* w = st.w.data();
-    for (int tr = 0; tr < K; ++tr)
-      for (int sp = 0; sp < KP; ++sp)
-        for (int l = 0; l < CB; ++l)
-          st.wpairs[(tr * KP + sp) * CB + l] = bf16_pair(w[(tr * K + 2 * sp) * CB + l], w[(tr * K + 2 * sp + 1) * CB + l]);
-  }
-#endif
-}
-
-// h = conv(x) + bias of the block loaded by load_tile_inputs, for `rows` output rows from
-// row0 (all rows by default); bf16 inputs take conv_tile_cl_bf16 where the level has it.
-template <typename T, int KT>
-void convolve_tile(const TileGeom<T>& tg, TileState<T>& st, T* h, int row0 = 0, int rows = -1) {
-#if defined(__AVX512BF16__)
-  if constexpr (std::is_same<T, float>::value) {
-    if (!st.pairs.empty()) {
-      conv_tile_cl_bf16<KT, TileGeom<T>::kJ>(st.pairs.data() + row0 * tg.prow, st.in.data() + row0 * tg.prow,
-                                            tg.prow, st.wpairs.data(), st.w.data(), st.bias.data(), h,
-                                            int64_t(tg.pixels) * TileGeom<T>::kCB, rows < 0 ? tg.H : rows,
-                                            tg.pixels, tg.K);
-      return;
-    }
-  }
-#endif
-  conv_tile_k<T, KT>(tg, st.in.data() + row0 * tg.prow, st.w.data(), st.bias.data(), h, rows);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -525,7 +477,8 @@ void forward_eval_cl(const ForwardParams& p) {
           scalar_t* yp = y + b.n * g.stride_n + b.c0;
           // Row by row, so that h stays in L1 between the convolution and the epilogue.
           for (int i = 0; i < tg.H; ++i) {
-            convolve_tile<T, decltype(kt)::value>(tg, st, st.h.data(), i, 1);
+            conv_tile_k<T, decltype(kt)::value>(tg, st.in.data() + i * tg.prow, st.w.data(), st.bias.data(),
+                                                st.h.data(), 1);
             const T* xr = st.in.data() + ((i + tg.left) * tg.pw + tg.left) * CB;
             for (int j = 0; j < tg.W; ++j)
               store_lanes<T>(yp + i * g.stride_h + j * g.stride_w,
@@ -640,7 +593,7 @@ void forward_train_cl(const ForwardParams& p) {
         [&](int64_t u, TileState<T>& st) {
           const TileBlock b = tile_block(tg, C, u);
           load_tile_inputs(g, tg, x, weight, bias_t, b, st);
-          convolve_tile<T, KT>(tg, st, st.h.data());
+          conv_tile_k<T, KT>(tg, st.in.data(), st.w.data(), st.bias.data(), st.h.data());
           // Rows are summed in T, rows into double per channel (see merge_stats).
           double sum[CB] = {}, m2[CB] = {}, mean_d[CB];
           for (int i = 0; i < tg.H; ++i) {
@@ -687,7 +640,7 @@ void forward_train_cl(const ForwardParams& p) {
           const int nc = b.nc;
           scalar_t* yp = y + b.n * g.stride_n + b.c0;
           for (int i = 0; i < tg.H; ++i) {
-            convolve_tile<T, KT>(tg, st, st.h.data(), i, 1);
+            conv_tile_k<T, KT>(tg, st.in.data() + i * tg.prow, st.w.data(), st.bias.data(), st.h.data(), 1);
             const T* xr = st.in.data() + ((i + tg.left) * tg.pw + tg.left) * CB;
             for (int j = 0; j < tg.W; ++j)
               store_lanes<T>(yp + i * g.stride_h + j * g.stride_w,
@@ -868,7 +821,7 @@ void backward_cl(const BackwardParams& p) {
   auto prologue = [&](const TileBlock& b, TileState<T>& st, auto kt) {
     load_tile(g, dy, b.n, b.c0, b.nc, st.dy.data(), tg.W, 0);
     load_tile_inputs(g, tg, x, weight, bias_t, b, st);
-    convolve_tile<T, decltype(kt)::value>(tg, st, st.h.data());
+    conv_tile_k<T, decltype(kt)::value>(tg, st.in.data(), st.w.data(), st.bias.data(), st.h.data());
   };
   auto write_lanes = [&](std::vector<T>& dst, const TileBlock& b, const V& v) {
     for (int l = 0; l < b.nc; ++l) dst[b.n * C + b.c0 + l] = v[l];
