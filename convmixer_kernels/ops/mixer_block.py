@@ -15,8 +15,9 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
-from ..reference import ACTIVATIONS, MAX_KERNEL_SIZE
+from ..reference import ACTIVATIONS, MAX_KERNEL_SIZE, mixer_block_reference
 from . import auto_select, backends
+from . import sync as sync_ops
 
 _FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
@@ -114,7 +115,20 @@ def _memory_format(x: Tensor) -> torch.memory_format:
     return torch.channels_last if x.stride(1) < x.stride(3) else torch.contiguous_format
 
 
+def refuse_double_backward(grad_y: Tensor) -> None:
+    """The kernels' backward is not itself differentiable: refuse create_graph=True (or
+    torch.autograd.grad(..., create_graph=True)) at the first backward, instead of
+    returning gradients that would silently lack their own graph."""
+    if torch.is_grad_enabled() and not torch.compiler.is_compiling():
+        raise RuntimeError(
+            "mixer_block: double backward (create_graph=True) is not supported: the fused kernels' backward "
+            "is not differentiable (on every backend, eager included). For higher-order gradients run the "
+            "plain eager block: unswap_mixer_blocks(model), or reference.mixer_block_reference"
+        )
+
+
 def _backward(ctx, grad_y, *unused_stat_grads):
+    refuse_double_backward(grad_y)
     x, weight, bias, gamma, mean, var = ctx.saved_tensors
     bias = bias if ctx.has_bias else None
     gamma = gamma if ctx.has_gamma else None
@@ -252,6 +266,8 @@ def mixer_block(
     eps: float = 1e-5,
     activation: str = "gelu",
     backend: str = "auto",
+    sync: bool = False,
+    process_group=None,
 ) -> Tensor:
     """y = x + BatchNorm2d(act(Conv2d(C, C, k, groups=C, padding='same')(x))), fused.
 
@@ -260,6 +276,13 @@ def mixer_block(
     running statistics updates them in place (unbiased variance, `momentum`). Output
     dtype and memory format follow x. backend: "auto" (fastest available), "cuda",
     "triton", "cpu" or "eager"; see available_backends(device).
+
+    sync=True with training=True: the batch statistics (and the backward's sums) are
+    those of the batches of every process of `process_group` (None: the default group),
+    as nn.SyncBatchNorm computes them; see ops/sync.py. Without an initialized process
+    group, or with a group of one process, exactly the unsynchronized block.
+    An empty batch gives an empty result and leaves the running statistics alone, as
+    nn.BatchNorm2d does. Double backward (create_graph=True) raises.
     """
     out_dtype = x.dtype
     if isinstance(x, Tensor) and torch.is_autocast_enabled(x.device.type) and x.dtype != torch.float64:
@@ -277,13 +300,27 @@ def mixer_block(
                   momentum, eps, activation)
     x = x.contiguous(memory_format=_memory_format(x))
     use_batch_stats = training or running_mean is None
+    group = sync_ops.sync_group(sync, process_group, training)
+    if x.numel() == 0 and group is None:
+        # Nothing to normalize: eager's own ops give the empty result (with zero
+        # gradients for the parameters) and leave the running statistics alone.
+        return mixer_block_reference(x, conv_weight, conv_bias, bn_weight, bn_bias, running_mean, running_var,
+                                     training=training, momentum=momentum, eps=eps,
+                                     activation_fn=activation).to(out_dtype)
     problem = auto_select.Problem.of(x, conv_weight, use_batch_stats, activation) if backend == "auto" else None
-    name = backends.resolve(backend, x.device, x.dtype, problem)
+    name = backends.resolve(backend, x.device, x.dtype, problem, synced=group is not None)
     acc = _acc_dtype(x.dtype)
     weight = conv_weight.contiguous()
     vectors = [t.to(acc).contiguous() if t is not None else None for t in (bn_weight, bn_bias)]
     with torch.autocast(x.device.type, enabled=False):
-        if use_batch_stats:
+        if group is not None:
+            # Statistics over every process: ops/sync.py runs the kernels' passes with
+            # the collectives between them.
+            y, mean, var, count = sync_ops.SyncedTrain.apply(
+                x, weight, conv_bias, *vectors, eps, activation, name, group)
+            if running_mean is not None:
+                _update_running_stats(running_mean, running_var, mean, var, momentum, count)
+        elif use_batch_stats:
             if x.shape[0] * x.shape[2] * x.shape[3] <= 1:
                 raise ValueError(
                     f"mixer_block: batch statistics need more than one value per channel, got x of shape {tuple(x.shape)}"
