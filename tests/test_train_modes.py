@@ -10,7 +10,8 @@ import torch
 from torch import nn
 
 from convmixer_kernels import FusedMixerBlock, swap_mixer_blocks
-from convmixer_kernels.reference import Residual, activation_module
+from convmixer_kernels.reference import Residual
+from sync_worker import plain_block
 
 BN_VARIANTS = {
     "default": {},
@@ -22,17 +23,7 @@ BN_VARIANTS = {
 
 def _plain(dim=6, k=3, act="gelu", dtype=torch.float64, **bn_kwargs):
     torch.manual_seed(0)
-    block = Residual(nn.Sequential(nn.Conv2d(dim, dim, k, groups=dim, padding="same"), activation_module(act),
-                                   nn.BatchNorm2d(dim, **bn_kwargs))).to(dtype)
-    bn = block.fn[2]
-    with torch.no_grad():
-        if bn.affine:
-            bn.weight.uniform_(0.5, 1.5)
-            bn.bias.normal_(0, 0.2)
-        if bn.track_running_stats:
-            bn.running_mean.normal_(0, 0.3)
-            bn.running_var.uniform_(0.5, 1.5)
-    return block
+    return plain_block(dim, k, act, bn_kwargs, dtype)
 
 
 def _set_modes(block, model_training, bn_training):
