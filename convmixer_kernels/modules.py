@@ -26,6 +26,13 @@ from .reference import (
 class FusedMixerBlock(nn.Module):
     """x + BatchNorm2d(act(depthwise Conv2d(x))) in one fused op.
 
+    Which statistics it normalizes with, and whether it updates the running ones, follow
+    fn[2] exactly as nn.BatchNorm2d decides (its own training flag,
+    track_running_stats, momentum=None), never this block's flag. Hooks on fn or its
+    modules would not run, so a forward with any raises. With convert_sync_batchnorm, or
+    an nn.SyncBatchNorm as fn[2], a training BatchNorm uses the statistics of every
+    process (ops/sync.py).
+
     State-dict keys: fn.0.weight, fn.0.bias, fn.2.weight, fn.2.bias, fn.2.running_mean,
     fn.2.running_var, fn.2.num_batches_tracked.
     """

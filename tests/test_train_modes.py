@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from convmixer_kernels import FusedMixerBlock, swap_mixer_blocks
+from convmixer_kernels import ConvMixer, FusedMixerBlock, swap_mixer_blocks
 from convmixer_kernels.reference import Residual
 from sync_worker import plain_block
 
@@ -165,3 +165,40 @@ def test_double_backward_is_refused_at_the_first_backward(training):
     # A plain backward still works afterwards.
     fused(x).square().sum().backward()
     assert x.grad is not None and x.grad.isfinite().all()
+
+
+@pytest.mark.parametrize("model_training,bn_training", [(True, False), (False, True)],
+                         ids=("frozen_bn_finetune", "bn_reestimation"))
+def test_convmixer_with_its_batchnorms_in_the_other_mode(model_training, bn_training):
+    torch.manual_seed(0)
+    plain = ConvMixer(8, 2, kernel_size=3, patch_size=2, num_classes=4, fused=False).double()
+    fused = ConvMixer(8, 2, kernel_size=3, patch_size=2, num_classes=4, backend="cpu").double()
+    fused.load_state_dict(plain.state_dict())
+    for model in (plain, fused):
+        model.train(model_training)
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.train(bn_training)
+    for step in range(2):
+        x = torch.randn(3, 3, 10, 10, dtype=torch.float64)
+        yp, yf = plain(x), fused(x)
+        torch.testing.assert_close(yf, yp, msg=f"step {step}")
+        yp.square().sum().backward()
+        yf.square().sum().backward()
+        for (name, pp), pf in zip(plain.named_parameters(), fused.parameters()):
+            torch.testing.assert_close(pf.grad, pp.grad, msg=f"step {step}: {name}")
+    for (name, bp), bf in zip(plain.state_dict().items(), fused.state_dict().values()):
+        torch.testing.assert_close(bf, bp, msg=name)
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_channels_last_weight_gradient_keeps_the_weight_strides(training):
+    # A channels_last model's (C, 1, k, k) conv weight differs from the contiguous one in
+    # the stride of its size-1 dimension; DDP's gradient buckets compare strides literally.
+    fused = FusedMixerBlock.from_sequential(_plain().fn, backend="cpu").train(training)
+    fused = fused.to(memory_format=torch.channels_last)
+    weight = fused.fn[0].weight
+    assert weight.is_contiguous() and weight.stride() == (9, 1, 3, 1)  # not (9, 9, 3, 1)
+    x = torch.randn(2, 6, 5, 5, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    fused(x).square().sum().backward()
+    assert weight.grad.stride() == weight.stride()

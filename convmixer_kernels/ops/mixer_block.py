@@ -115,6 +115,15 @@ def _memory_format(x: Tensor) -> torch.memory_format:
     return torch.channels_last if x.stride(1) < x.stride(3) else torch.contiguous_format
 
 
+def grad_like(grad: Tensor, weight: Tensor) -> Tensor:
+    """The conv-weight gradient in the weight's dtype and strides. The kernels take a
+    contiguous weight; a channels_last model's (C, 1, k, k) weight is contiguous too but
+    with another stride on the size-1 dimension, and DistributedDataParallel's gradient
+    buckets compare strides literally (a warning, and a slower copy, on every step)."""
+    grad = grad.to(weight.dtype)
+    return grad if grad.stride() == weight.stride() else grad.as_strided(weight.shape, weight.stride())
+
+
 def refuse_double_backward(grad_y: Tensor) -> None:
     """The kernels' backward is not itself differentiable: refuse create_graph=True (or
     torch.autograd.grad(..., create_graph=True)) at the first backward, instead of
@@ -140,7 +149,7 @@ def _backward(ctx, grad_y, *unused_stat_grads):
     )
     grads = [
         dx,
-        dw.to(weight.dtype),
+        grad_like(dw, weight),
         db.to(bias.dtype) if bias is not None else None,
         dgamma.to(ctx.gamma_dtype) if ctx.has_gamma else None,
         dbeta.to(ctx.beta_dtype) if ctx.has_beta else None,

@@ -107,7 +107,7 @@ class SyncedTrain(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_y, unused_mean_grad, unused_var_grad, unused_count_grad):
-        from .mixer_block import refuse_double_backward
+        from .mixer_block import grad_like, refuse_double_backward
 
         refuse_double_backward(grad_y)
         x, weight, bias, gamma, mean, var = ctx.saved_tensors
@@ -134,7 +134,7 @@ class SyncedTrain(torch.autograd.Function):
         # BatchNorm's own parameters get the gradient of the local batch, as nn.SyncBatchNorm's do.
         return (
             dx,
-            dweight.to(weight.dtype),
+            grad_like(dweight, weight),
             dbias.to(bias.dtype) if has_bias else None,
             sum_dy_xhat if has_gamma else None,
             sum_dy if has_beta else None,
