@@ -6,19 +6,32 @@ Environment overrides:
                                    and a CUDA build of torch)
   CONVMIXER_KERNELS_SKIP_CUDA=1    never build the CUDA part
   CONVMIXER_KERNELS_CUDA_ARCHS     compute capabilities, ';'-separated (default "8.0;9.0")
-  CONVMIXER_KERNELS_CPU_ARCH       -march for the CPU kernels (default "native"; "none" for
-                                   a portable build)
+  CONVMIXER_KERNELS_CPU_LEVELS     the CPU capability levels to compile, ','-separated (default:
+                                   every level of CPU_LEVELS this machine's compiler accepts)
+  CONVMIXER_KERNELS_CPU_ARCH       also compile a "custom" level with -march=<this> (e.g. native),
+                                   chosen first where the running CPU has its instructions
   MAX_JOBS                         parallel compile jobs (read by torch's BuildExtension)
+
+The CPU kernels (csrc/cpu/mixer_block_cpu.cpp) are compiled once per capability level, each
+into its own namespace, and csrc/cpu/dispatch.cpp picks the best level the running CPU
+supports at load time (CONVMIXER_KERNELS_CPU_CAPABILITY=<level> overrides). The bindings and
+the dispatcher get no ISA flags, so one build runs on every x86-64 CPU.
 
 Build against the installed torch: pip install --no-build-isolation .
 """
 
+import concurrent.futures
 import glob
+import hashlib
 import os
+import platform
 import shutil
+import subprocess
+import sysconfig
+import time
 
 from setuptools import find_packages, setup
-from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
+from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension, include_paths
 import torch
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
@@ -51,14 +64,106 @@ def cuda_arch_flags(archs):
     return flags
 
 
+# name -> compile flags. Every level is tuned for no particular CPU: a tuning flag must not
+# change results, and GCC 12.2's -mtune=rocketlake (what -march=native gives on a Sapphire
+# Rapids Xeon) miscompiled a flag test in the bindings (see tests/test_cpu_capability.py).
+X86_LEVELS = {
+    "baseline": ["-march=x86-64", "-mtune=generic"],
+    "avx2": ["-march=x86-64-v3", "-mtune=generic"],
+    "avx512": ["-march=x86-64-v4", "-mtune=generic"],
+}
+KERNEL_SOURCE = "csrc/cpu/mixer_block_cpu.cpp"
+CXX_FLAGS = ["-O3", "-std=c++20", "-fopenmp"]  # torch 2.13's headers need C++20
+
+
+def cpu_levels():
+    """The (name, flags) of each capability level to compile, baseline first."""
+    if platform.machine().lower() in ("x86_64", "amd64", "i386", "i686"):
+        levels = dict(X86_LEVELS)
+    else:
+        levels = {"baseline": []}
+    wanted = os.environ.get("CONVMIXER_KERNELS_CPU_LEVELS")
+    if wanted:
+        names = [n.strip() for n in wanted.split(",") if n.strip()]
+        unknown = sorted(set(names) - set(levels))
+        if unknown:
+            raise SystemExit(f"CONVMIXER_KERNELS_CPU_LEVELS: unknown levels {unknown}; known: {sorted(levels)}")
+        levels = {n: f for n, f in levels.items() if n == "baseline" or n in names}
+    arch = os.environ.get("CONVMIXER_KERNELS_CPU_ARCH")
+    if arch:
+        levels["custom"] = [f"-march={arch}", "-mtune=generic"]
+    return list(levels.items())
+
+
+class BuildExtensionWithCpuLevels(BuildExtension):
+    """torch's BuildExtension, plus the CPU kernels compiled once per capability level,
+    beside torch's own compile (ninja runs the sources, a thread pool the levels) and
+    linked after the sources, baseline first: where levels share an inline function from
+    a header (std::, c10::), the linker keeps the first copy, which any CPU runs."""
+
+    def build_extensions(self):
+        workers = max(1, int(os.environ.get("MAX_JOBS") or os.cpu_count() or 1))
+        with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+            pending = self._start_cpu_levels(pool)
+            for ext in self.extensions:
+                ext.extra_objects = [obj for _, obj, _ in pending] + list(ext.extra_objects or [])
+            link = self.compiler.link_shared_object
+
+            def link_after_levels(*args, **kwargs):
+                self._finish_cpu_levels(pending)
+                return link(*args, **kwargs)
+
+            self.compiler.link_shared_object = link_after_levels
+            try:
+                super().build_extensions()
+            finally:
+                self.compiler.link_shared_object = link
+
+    def _start_cpu_levels(self, pool):
+        """[(level, object path, future or None where the object is up to date)]"""
+        out_dir = os.path.join(self.build_temp, "cpu_levels")
+        os.makedirs(out_dir, exist_ok=True)
+        cxx = os.environ.get("CXX") or self.compiler.compiler_cxx[0]
+        common = CXX_FLAGS + ["-fPIC", "-c", os.path.join(ROOT, KERNEL_SOURCE), "-DTORCH_EXTENSION_NAME=_C",
+                              f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}"]
+        common += [f"-I{p}" for p in include_paths() + [sysconfig.get_paths()["include"]]]
+        inputs = glob.glob(os.path.join(ROOT, "csrc", "cpu", "*")) + glob.glob(os.path.join(ROOT, "csrc", "*.h"))
+        newest_input = max(os.path.getmtime(f) for f in inputs)
+        pending = []
+        for name, flags in cpu_levels():
+            cmd = [cxx] + common + flags + [f"-DCMK_CPU_CAPABILITY={name}"]
+            # The command is in the object's name, so a change of flags is a rebuild.
+            tag = hashlib.sha1(" ".join(cmd).encode()).hexdigest()[:10]
+            obj = os.path.join(out_dir, f"mixer_block_cpu_{name}_{tag}.o")
+            fresh = os.path.exists(obj) and os.path.getmtime(obj) > newest_input
+            future = None if fresh else pool.submit(self._compile_level, name, cmd + ["-o", obj])
+            pending.append((name, obj, future))
+        return pending
+
+    @staticmethod
+    def _compile_level(name, cmd):
+        start = time.time()
+        result = subprocess.run(cmd, capture_output=True, text=True)
+        if result.returncode != 0:
+            raise RuntimeError(f"compiling the {name} CPU level failed:\n{' '.join(cmd)}\n{result.stderr}")
+        return time.time() - start
+
+    @staticmethod
+    def _finish_cpu_levels(pending):
+        for name, _, future in pending:
+            if future is not None:
+                seconds = future.result()
+                print(f"convmixer_kernels: CPU level {name} compiled in {seconds:.0f} s "
+                      f"({' '.join(dict(cpu_levels())[name])})")
+
+
 def extension():
-    cpu_arch = os.environ.get("CONVMIXER_KERNELS_CPU_ARCH", "native")
-    cxx = ["-O3", "-std=c++17", "-fopenmp"]
-    if cpu_arch != "none":
-        cxx.append(f"-march={cpu_arch}")
-    sources = ["csrc/mixer_block.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp"))
+    level_defines = [f"-DCMK_CPU_LEVEL_{name.upper()}" for name, _ in cpu_levels() if name != "baseline"]
+    cxx = CXX_FLAGS + level_defines
+    sources = ["csrc/mixer_block.cpp", "csrc/cpu/dispatch.cpp"]  # no ISA flags
     with_cuda, why = cuda_build_wanted()
     print(f"convmixer_kernels: CUDA kernels {'built' if with_cuda else 'skipped'}: {why}")
+    print(f"convmixer_kernels: CPU levels {', '.join(name for name, _ in cpu_levels())}")
     if not with_cuda:
         return CppExtension(
             "convmixer_kernels._C",
@@ -83,5 +188,5 @@ def extension():
 setup(
     packages=find_packages(include=["convmixer_kernels", "convmixer_kernels.*"]),
     ext_modules=[extension()],
-    cmdclass={"build_ext": BuildExtension},
+    cmdclass={"build_ext": BuildExtensionWithCpuLevels},
 )

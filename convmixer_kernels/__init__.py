@@ -6,11 +6,13 @@
     n = cmk.swap_mixer_blocks(model)          # a timm / mmpretrain / official ConvMixer
     model = cmk.convert_sync_batchnorm(model) # synchronized BN under DistributedDataParallel
     cmk.available_backends("cuda")            # e.g. ['cuda', 'triton', 'eager']
+    cmk.cpu_capability()                      # the CPU kernels' level, e.g. 'avx512'
     model = cmk.get_model("convmixer_768_32", pretrained="convmixer_768_32.pth")
 """
 
 import importlib
 
+from ._extension import cpu_capabilities, cpu_capability
 from .modules import ConvMixer, FusedMixerBlock, convert_sync_batchnorm, swap_mixer_blocks, unswap_mixer_blocks
 from .ops import available_backends, mixer_block, unavailable_backends
 
@@ -43,6 +45,8 @@ __all__ = [
     "FusedMixerBlock",
     "available_backends",
     "convert_sync_batchnorm",
+    "cpu_capabilities",
+    "cpu_capability",
     "mixer_block",
     "swap_mixer_blocks",
     "unavailable_backends",

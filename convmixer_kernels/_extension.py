@@ -4,7 +4,7 @@ requirement of `import convmixer_kernels`: a missing or CUDA-less build only mak
 """
 
 import functools
-from typing import Optional
+from typing import Dict, Optional
 
 
 @functools.lru_cache(maxsize=None)
@@ -45,3 +45,18 @@ def cuda_missing_reason() -> Optional[str]:
             "`pip install --no-build-isolation -e .`"
         )
     return None
+
+
+def cpu_capability() -> Optional[str]:
+    """The instruction-set level the CPU kernels run at: 'baseline' (any x86-64),
+    'avx2' (AVX2 + FMA), 'avx512', or 'custom' (a CONVMIXER_KERNELS_CPU_ARCH build); the
+    best level this CPU supports unless CONVMIXER_KERNELS_CPU_CAPABILITY names one. None
+    where the extension did not load."""
+    ext = load()
+    return None if ext is None else ext.cpu_capability()
+
+
+def cpu_capabilities() -> Dict[str, bool]:
+    """Every compiled CPU level, best first, with whether this CPU can run it."""
+    ext = load()
+    return {} if ext is None else dict(ext.cpu_capabilities())

@@ -11,16 +11,21 @@
 namespace convmixer_kernels {
 namespace {
 
-#define CMK_DISPATCH_FLOATING(dtype, name, ...)                                              \
-  [&] {                                                                                      \
-    switch (dtype) {                                                                         \
-      case at::kFloat: { using scalar_t = float; return __VA_ARGS__(); }                    \
-      case at::kDouble: { using scalar_t = double; return __VA_ARGS__(); }                  \
-      case at::kBFloat16: { using scalar_t = c10::BFloat16; return __VA_ARGS__(); }         \
-      case at::kHalf: { using scalar_t = c10::Half; return __VA_ARGS__(); }                 \
-      default: TORCH_CHECK(false, name, ": unsupported dtype ", dtype);                      \
-    }                                                                                        \
-  }()
+// The active CPU capability level's passes for x's dtype (csrc/cpu/dispatch.cpp).
+const cpu::Passes& cpu_passes(at::ScalarType dtype, const char* op) {
+  switch (dtype) {
+    case at::kFloat:
+      return cpu::kernels(cpu::DType::kFloat);
+    case at::kDouble:
+      return cpu::kernels(cpu::DType::kDouble);
+    case at::kBFloat16:
+      return cpu::kernels(cpu::DType::kBFloat16);
+    case at::kHalf:
+      return cpu::kernels(cpu::DType::kHalf);
+    default:
+      TORCH_CHECK(false, op, ": unsupported dtype ", dtype);
+  }
+}
 
 at::Tensor forward_eval_cpu(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
                             const c10::optional<at::Tensor>& gamma, const c10::optional<at::Tensor>& beta,
@@ -28,8 +33,7 @@ at::Tensor forward_eval_cpu(const at::Tensor& x, const at::Tensor& weight, const
                             c10::string_view activation) {
   auto call = prepare_forward(x, weight, bias, gamma, beta, running_mean, running_var, eps,
                               std::string(activation), /*training=*/false);
-  CMK_DISPATCH_FLOATING(x.scalar_type(), "fused_forward_eval",
-                        [&] { cpu::forward_eval<scalar_t>(call.params); });
+  cpu_passes(x.scalar_type(), "fused_forward_eval").forward_eval(call.params);
   return call.y;
 }
 
@@ -39,8 +43,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_train_cpu(
     c10::string_view activation) {
   auto call = prepare_forward(x, weight, bias, gamma, beta, c10::nullopt, c10::nullopt, eps,
                               std::string(activation), /*training=*/true);
-  CMK_DISPATCH_FLOATING(x.scalar_type(), "fused_forward_train",
-                        [&] { cpu::forward_train<scalar_t>(call.params); });
+  cpu_passes(x.scalar_type(), "fused_forward_train").forward_train(call.params);
   return {call.y, call.mean, call.var};
 }
 
@@ -50,7 +53,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_
     const at::Tensor& var, double eps, bool batch_stats, c10::string_view activation) {
   auto call = prepare_backward(grad_out, x, weight, bias, gamma, mean, var, eps, batch_stats,
                                std::string(activation));
-  CMK_DISPATCH_FLOATING(x.scalar_type(), "fused_backward", [&] { cpu::backward<scalar_t>(call.params); });
+  cpu_passes(x.scalar_type(), "fused_backward").backward(call.params);
   return {call.dx, call.dweight, call.dbias, call.dgamma, call.dbeta};
 }
 
@@ -66,8 +69,7 @@ std::tuple<at::Tensor, at::Tensor> forward_stats_cpu(const at::Tensor& x, const 
   call.params.stats_only = true;
   call.params.y = nullptr;
   call.y = at::Tensor();  // never written: release it now
-  CMK_DISPATCH_FLOATING(x.scalar_type(), "fused_forward_stats",
-                        [&] { cpu::forward_train<scalar_t>(call.params); });
+  cpu_passes(x.scalar_type(), "fused_forward_stats").forward_train(call.params);
   return {call.mean, call.var};
 }
 
@@ -81,7 +83,7 @@ std::tuple<at::Tensor, at::Tensor> backward_sums_cpu(const at::Tensor& grad_out,
   call.params.sums_only = true;
   call.params.dx = nullptr;
   call.dx = at::Tensor();  // never written: release it now
-  CMK_DISPATCH_FLOATING(x.scalar_type(), "fused_backward_sums", [&] { cpu::backward<scalar_t>(call.params); });
+  cpu_passes(x.scalar_type(), "fused_backward_sums").backward(call.params);
   return {call.dbeta, call.dgamma};
 }
 
@@ -100,8 +102,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_with_sums_cpu(
   call.params.sum_dy = sum_dy.data_ptr();
   call.params.sum_dy_xhat = sum_dy_xhat.data_ptr();
   call.params.count = count;
-  CMK_DISPATCH_FLOATING(x.scalar_type(), "fused_backward_with_sums",
-                        [&] { cpu::backward<scalar_t>(call.params); });
+  cpu_passes(x.scalar_type(), "fused_backward_with_sums").backward(call.params);
   return {call.dx, call.dweight, call.dbias};
 }
 
@@ -157,4 +158,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.attr("cuda_compiled") = false;
 #endif
   m.attr("cuda_archs") = CONVMIXER_KERNELS_CUDA_ARCH_LIST;
+  m.def("cpu_capability", &convmixer_kernels::cpu::capability,
+        "The CPU kernels' capability level in use (baseline, avx2, avx512, ...)");
+  m.def("cpu_capabilities", &convmixer_kernels::cpu::capabilities,
+        "Every compiled capability level, best first, with whether this CPU runs it");
+  m.def("_set_cpu_capability", &convmixer_kernels::cpu::set_capability,
+        "Switches the CPU kernels to a compiled level this CPU runs (for tests)");
 }

@@ -17,4 +17,4 @@ $PIP setuptools wheel ninja numpy pytest expecttest
 # The model layer's extras: images, progress bars, the digits example, plots, ONNX export.
 $PIP pillow tqdm scikit-learn matplotlib onnx onnxruntime onnxscript
 MAX_JOBS=${MAX_JOBS:-$(nproc)} $PIP --no-build-isolation -e .
-$PY -c "import convmixer_kernels as c; print('convmixer_kernels', c.__version__, 'backends on cpu:', c.available_backends('cpu'))"
+$PY -c "import convmixer_kernels as c; print('convmixer_kernels', c.__version__, 'backends on cpu:', c.available_backends('cpu'), 'cpu capability:', c.cpu_capability())"

@@ -16,7 +16,7 @@ import copy
 import os
 import statistics
 from dataclasses import dataclass, replace
-from typing import Optional
+from typing import Dict, List, NamedTuple, Optional
 
 import torch
 
@@ -239,10 +239,19 @@ def run_block(inputs: Inputs, *, training: bool, backend: Optional[str], momentu
     return result
 
 
-def check_backend(inputs: Inputs, backend: str, *, training: bool, grads: bool = True, momentum=0.1,
-                  trials: Optional[int] = None):
-    """Runs `backend` and eager at inputs' precision and the float64 CPU reference, and
-    asserts the backend's outputs, running stats and gradients are within bounds.
+class Errors(NamedTuple):
+    """One output's error against the float64 reference, eager's, and the bound."""
+    error: float
+    eager: float
+    bound: float
+    seeds: List[int]
+
+
+def backend_errors(inputs: Inputs, backend: str, *, training: bool, grads: bool = True, momentum=0.1,
+                   trials: Optional[int] = None) -> Dict[str, Errors]:
+    """Runs `backend` and eager at inputs' precision and the float64 CPU reference;
+    asserts dtypes, shapes and that nothing is left unwritten, and returns each output's
+    (median) error, eager's, and the bound `check_backend` holds it to.
 
     Training gradients pass through BatchNorm's invariances (sum(da) = 0, and for k = 1
     the conv's scale), so they are sums that cancel: dweight and dbias are measured
@@ -275,16 +284,26 @@ def check_backend(inputs: Inputs, backend: str, *, training: bool, grads: bool =
             scale = scales.get(name)
             errors.setdefault(name, []).append(
                 (rel_err(out[name], ref[name], scale), rel_err(eager[name], ref[name], scale), inp.seed))
+    result = {}
     for name, draws in errors.items():
         # Running statistics and BN gradients are float32 (float64) vectors in any case.
         bound_dtype = dtype if name in ("y", "dx", "dweight", "dbias") else (
             torch.float64 if dtype == torch.float64 else torch.float32)
-        err = statistics.median(d[0] for d in draws)
         eager_err = statistics.median(d[1] for d in draws)
-        bound = 2 * eager_err + ATOL[bound_dtype]
-        assert err <= bound, (
-            f"{name}: error {err:.3g} > bound {bound:.3g} (eager {eager_err:.3g}; median of {trials}) for "
-            f"{inputs.case} seeds {[d[2] for d in draws]}"
+        result[name] = Errors(statistics.median(d[0] for d in draws), eager_err, 2 * eager_err + ATOL[bound_dtype],
+                              [d[2] for d in draws])
+    return result
+
+
+def check_backend(inputs: Inputs, backend: str, *, training: bool, grads: bool = True, momentum=0.1,
+                  trials: Optional[int] = None):
+    """Asserts the backend's outputs, running stats and gradients are within 2x eager's
+    error + atol (see `backend_errors`)."""
+    errors = backend_errors(inputs, backend, training=training, grads=grads, momentum=momentum, trials=trials)
+    for name, e in errors.items():
+        assert e.error <= e.bound, (
+            f"{name}: error {e.error:.3g} > bound {e.bound:.3g} (eager {e.eager:.3g}; median of {len(e.seeds)}) "
+            f"for {inputs.case} seeds {e.seeds}"
         )
 
 

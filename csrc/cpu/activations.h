@@ -24,6 +24,7 @@
 
 namespace convmixer_kernels {
 namespace cpu {
+namespace CMK_CPU_CAPABILITY {
 
 template <Activation A, typename T>
 struct Act;
@@ -211,5 +212,6 @@ void with_activation(Activation act, F&& f) {
   }
 }
 
+}  // namespace CMK_CPU_CAPABILITY
 }  // namespace cpu
 }  // namespace convmixer_kernels

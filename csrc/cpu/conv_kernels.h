@@ -17,6 +17,7 @@
 
 namespace convmixer_kernels {
 namespace cpu {
+namespace CMK_CPU_CAPABILITY {
 
 // ---------------------------------------------------------------------------------------
 // NCHW: one (n, c) plane, vectorized along W.
@@ -196,5 +197,6 @@ void corr_tile_cl(const T* d, int64_t drow, const T* in, int64_t prow, int rows,
   }
 }
 
+}  // namespace CMK_CPU_CAPABILITY
 }  // namespace cpu
 }  // namespace convmixer_kernels

@@ -30,6 +30,7 @@
 
 namespace convmixer_kernels {
 namespace cpu {
+namespace CMK_CPU_CAPABILITY {
 namespace {
 
 template <typename scalar_t>
@@ -923,13 +924,11 @@ void dispatch(const P& p, Kernels kernels) {
   });
 }
 
-}  // namespace
-
 template <typename scalar_t>
 void forward_eval(const ForwardParams& p) {
   dispatch(p, [](auto a) {
     constexpr Activation A = decltype(a)::value;
-    return std::pair(forward_eval_cl<scalar_t, A>, forward_eval_nchw<scalar_t, A>);
+    return std::pair(&forward_eval_cl<scalar_t, A>, &forward_eval_nchw<scalar_t, A>);
   });
 }
 
@@ -937,7 +936,7 @@ template <typename scalar_t>
 void forward_train(const ForwardParams& p) {
   dispatch(p, [](auto a) {
     constexpr Activation A = decltype(a)::value;
-    return std::pair(forward_train_cl<scalar_t, A>, forward_train_nchw<scalar_t, A>);
+    return std::pair(&forward_train_cl<scalar_t, A>, &forward_train_nchw<scalar_t, A>);
   });
 }
 
@@ -945,20 +944,102 @@ template <typename scalar_t>
 void backward(const BackwardParams& p) {
   dispatch(p, [](auto a) {
     constexpr Activation A = decltype(a)::value;
-    return std::pair(backward_cl<scalar_t, A>, backward_nchw<scalar_t, A>);
+    return std::pair(&backward_cl<scalar_t, A>, &backward_nchw<scalar_t, A>);
   });
 }
 
-#define CMK_INSTANTIATE(T)                                 \
-  template void forward_eval<T>(const ForwardParams&);  \
-  template void forward_train<T>(const ForwardParams&); \
-  template void backward<T>(const BackwardParams&);
+template <typename scalar_t>
+constexpr Passes passes() {
+  return {forward_eval<scalar_t>, forward_train<scalar_t>, backward<scalar_t>};
+}
 
-CMK_INSTANTIATE(float)
-CMK_INSTANTIATE(double)
-CMK_INSTANTIATE(c10::BFloat16)
-CMK_INSTANTIATE(c10::Half)
-#undef CMK_INSTANTIATE
+// The extensions this translation unit's flags let the compiler emit, which the CPU must
+// have before dispatch.cpp may call into it.
+constexpr uint32_t compiled_features() {
+  uint32_t f = 0;
+#ifdef __SSE3__
+  f |= kSse3;
+#endif
+#ifdef __SSSE3__
+  f |= kSsse3;
+#endif
+#ifdef __SSE4_1__
+  f |= kSse41;
+#endif
+#ifdef __SSE4_2__
+  f |= kSse42;
+#endif
+#ifdef __POPCNT__
+  f |= kPopcnt;
+#endif
+#ifdef __AVX__
+  f |= kAvx;
+#endif
+#ifdef __AVX2__
+  f |= kAvx2;
+#endif
+#ifdef __FMA__
+  f |= kFma;
+#endif
+#ifdef __F16C__
+  f |= kF16c;
+#endif
+#ifdef __BMI__
+  f |= kBmi;
+#endif
+#ifdef __BMI2__
+  f |= kBmi2;
+#endif
+#ifdef __LZCNT__
+  f |= kLzcnt;
+#endif
+#ifdef __MOVBE__
+  f |= kMovbe;
+#endif
+#ifdef __AVX512F__
+  f |= kAvx512F;
+#endif
+#ifdef __AVX512BW__
+  f |= kAvx512Bw;
+#endif
+#ifdef __AVX512CD__
+  f |= kAvx512Cd;
+#endif
+#ifdef __AVX512DQ__
+  f |= kAvx512Dq;
+#endif
+#ifdef __AVX512VL__
+  f |= kAvx512Vl;
+#endif
+#ifdef __AVX512BF16__
+  f |= kAvx512Bf16;
+#endif
+#ifdef __AVX512FP16__
+  f |= kAvx512Fp16;
+#endif
+#ifdef __AVX512VBMI__
+  f |= kAvx512Vbmi;
+#endif
+#ifdef __AVX512VNNI__
+  f |= kAvx512Vnni;
+#endif
+  return f;
+}
 
+}  // namespace
+
+#define CMK_STRINGIFY_(x) #x
+#define CMK_STRINGIFY(x) CMK_STRINGIFY_(x)
+
+// This level's entry points, constant-initialized; dispatch.cpp declares the same
+// object in every compiled level's namespace and picks one.
+extern const KernelTable kKernelTable;
+const KernelTable kKernelTable = {
+    CMK_STRINGIFY(CMK_CPU_CAPABILITY),
+    compiled_features(),
+    {passes<float>(), passes<double>(), passes<c10::BFloat16>(), passes<c10::Half>()},
+};
+
+}  // namespace CMK_CPU_CAPABILITY
 }  // namespace cpu
 }  // namespace convmixer_kernels

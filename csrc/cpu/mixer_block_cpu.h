@@ -1,31 +1,89 @@
-// The fused CPU kernels of the mixer block (OpenMP over planes, SIMD inner loops).
-// Instantiated for float, double, c10::BFloat16 and c10::Half in mixer_block_cpu.cpp;
-// the accumulation type is double for double and float otherwise.
+// The fused CPU kernels of the mixer block (OpenMP over planes, SIMD inner loops), as
+// the bindings see them: one table of pass functions per capability level, and the
+// level chosen for this CPU.
+//
+// mixer_block_cpu.cpp is compiled once per level (baseline x86-64, AVX2+FMA, AVX-512,
+// ...: CPU_LEVELS in setup.py) into its own namespace; dispatch.cpp, compiled with no
+// ISA flags, reads the CPU's features once and picks the best level they allow
+// (CONVMIXER_KERNELS_CPU_CAPABILITY overrides), as ATen does with CPU_CAPABILITY.
 //
 // Every result is independent of the number of OpenMP threads: per-plane partial sums
 // are merged in a fixed order.
 #pragma once
+
+#include <cstdint>
+#include <string>
+#include <utility>
+#include <vector>
 
 #include "../mixer_block_params.h"
 
 namespace convmixer_kernels {
 namespace cpu {
 
-// Eval: y = x + act(dwconv(x) + b) * s + t with s = gamma * rsqrt(var_in + eps),
-// t = beta - mean_in * s. One pass.
-template <typename scalar_t>
-void forward_eval(const ForwardParams& p);
+// The dtypes the kernels are instantiated for, as indices into KernelTable::passes. The
+// accumulation type is double for kDouble and float otherwise.
+enum class DType : int32_t { kFloat = 0, kDouble = 1, kBFloat16 = 2, kHalf = 3 };
+constexpr int kNumDTypes = 4;
 
-// Training: pass 1 reduces the per-channel mean and biased variance of a = act(h)
-// (Welford per plane, Chan merge across planes) into mean_out / var_out; pass 2
-// recomputes a and writes y = x + (a - mean) * rstd * gamma + beta.
-template <typename scalar_t>
-void forward_train(const ForwardParams& p);
+struct Passes {
+  // Eval: y = x + act(dwconv(x) + b) * s + t with s = gamma * rsqrt(var_in + eps),
+  // t = beta - mean_in * s. One pass.
+  void (*forward_eval)(const ForwardParams&);
+  // Training: pass 1 reduces the per-channel mean and biased variance of a = act(h)
+  // (Welford per plane, Chan merge across planes) into mean_out / var_out; pass 2
+  // recomputes a and writes y = x + (a - mean) * rstd * gamma + beta.
+  void (*forward_train)(const ForwardParams&);
+  // Backward (see BackwardParams): pass 1 reduces dbeta and dgamma; pass 2 recomputes h,
+  // forms dh and reduces dbias and dweight; pass 3 writes dx = dy + conv_transpose(dh).
+  void (*backward)(const BackwardParams&);
+};
 
-// Backward (see BackwardParams): pass 1 reduces dbeta and dgamma; pass 2 recomputes h,
-// forms dh and reduces dbias and dweight; pass 3 writes dx = dy + conv_transpose(dh).
-template <typename scalar_t>
-void backward(const BackwardParams& p);
+// Instruction-set extensions a level's code may use; dispatch.cpp reads them from cpuid.
+enum CpuFeature : uint32_t {
+  kSse3 = 1u << 0,
+  kSsse3 = 1u << 1,
+  kSse41 = 1u << 2,
+  kSse42 = 1u << 3,
+  kPopcnt = 1u << 4,
+  kAvx = 1u << 5,
+  kAvx2 = 1u << 6,
+  kFma = 1u << 7,
+  kF16c = 1u << 8,
+  kBmi = 1u << 9,
+  kBmi2 = 1u << 10,
+  kLzcnt = 1u << 11,
+  kMovbe = 1u << 12,
+  kAvx512F = 1u << 13,
+  kAvx512Bw = 1u << 14,
+  kAvx512Cd = 1u << 15,
+  kAvx512Dq = 1u << 16,
+  kAvx512Vl = 1u << 17,
+  kAvx512Bf16 = 1u << 18,
+  kAvx512Fp16 = 1u << 19,
+  kAvx512Vbmi = 1u << 20,
+  kAvx512Vnni = 1u << 21,
+};
+
+// One capability level: mixer_block_cpu.cpp compiled with that level's flags.
+struct KernelTable {
+  const char* level;           // "baseline", "avx2", "avx512", "avx512_bf16", "custom"
+  uint32_t required_features;  // CpuFeature bits its compile flags let the compiler use
+  Passes passes[kNumDTypes];
+};
+
+// The active level's passes for a dtype.
+const Passes& kernels(DType dtype);
+
+// The active level's name.
+std::string capability();
+
+// Every compiled level, best first, with whether this CPU can run it.
+std::vector<std::pair<std::string, bool>> capabilities();
+
+// Makes `level` the active one; fails with a clear error for a level that was not
+// compiled or that this CPU cannot run. Tests use it to run every level in one process.
+void set_capability(const std::string& level);
 
 }  // namespace cpu
 }  // namespace convmixer_kernels

@@ -7,6 +7,14 @@
 // available wherever this file is compiled.
 #pragma once
 
+// Everything that depends on the instruction set lives in a namespace named after the
+// capability level it is compiled for (setup.py compiles the kernels once per level of
+// its CPU_LEVELS, and dispatch.cpp picks one at load time), so the linker never merges
+// one level's inline functions with another's.
+#ifndef CMK_CPU_CAPABILITY
+#error "compile the csrc/cpu kernels with -DCMK_CPU_CAPABILITY=<level> (setup.py does)"
+#endif
+
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -15,6 +23,7 @@
 
 namespace convmixer_kernels {
 namespace cpu {
+namespace CMK_CPU_CAPABILITY {
 
 #if defined(__AVX512F__)
 constexpr int kVecBytes = 64;
@@ -112,5 +121,6 @@ class Scratch {
   T* data_ = nullptr;
 };
 
+}  // namespace CMK_CPU_CAPABILITY
 }  // namespace cpu
 }  // namespace convmixer_kernels

@@ -12,6 +12,7 @@
 
 namespace convmixer_kernels {
 namespace cpu {
+namespace CMK_CPU_CAPABILITY {
 
 // exp(x) = 2^n * exp(r), n = round(x * log2(e)), |r| <= ln(2)/2.
 inline Vec<float> vexp(Vec<float> x) {
@@ -88,5 +89,6 @@ inline Vec<double> verfc_nonneg(Vec<double> a, Vec<double> /*e*/) {
   return r;
 }
 
+}  // namespace CMK_CPU_CAPABILITY
 }  // namespace cpu
 }  // namespace convmixer_kernels
