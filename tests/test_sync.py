@@ -25,6 +25,7 @@ from torch import nn
 
 import sync_worker
 from parity import OPTIONAL_PARAMETERS, Case, check_backend, make_inputs
+from test_cpu_capability import RUNNABLE, cpu_level
 
 import convmixer_kernels as cmk
 from convmixer_kernels.ops import backends
@@ -117,6 +118,15 @@ def test_synchronized_pieces_match_the_reference(backend, case, every_training_c
         pytest.skip(backends.why_unavailable(backend, torch.device("cpu"), case.dtype, synced=True))
     check_backend(make_inputs(case), backend, training=True)
     assert every_training_call_synced and all(every_training_call_synced)
+
+
+@pytest.mark.parametrize("level", RUNNABLE)
+@pytest.mark.parametrize("case", [Case(n=2, c=19, h=7, w=9, k=3, layout="channels_last"),
+                                  Case(n=2, c=3, h=9, w=11, k=5, dtype=torch.float64)], ids=str)
+def test_synchronized_cpu_pieces_at_every_cpu_level(level, case, every_training_call_synced):
+    # The pieces are flags of the kernels compiled once per instruction-set level.
+    with cpu_level(level):
+        check_backend(make_inputs(case), "cpu", training=True)
 
 
 def test_cuda_backend_is_refused_by_name_and_skipped_by_auto(monkeypatch):
