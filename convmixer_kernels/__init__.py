@@ -4,6 +4,7 @@
     y = cmk.mixer_block(x, w, b, gamma, beta, running_mean, running_var, training=False)
     block = cmk.FusedMixerBlock(dim=768, kernel_size=7, activation="relu")
     n = cmk.swap_mixer_blocks(model)          # a timm / mmpretrain / official ConvMixer
+    model = cmk.convert_sync_batchnorm(model) # synchronized BN under DistributedDataParallel
     cmk.available_backends("cuda")            # e.g. ['cuda', 'triton', 'eager']
     cmk.cpu_capability()                      # the CPU kernels' level, e.g. 'avx512'
     model = cmk.get_model("convmixer_768_32", pretrained="convmixer_768_32.pth")
@@ -12,7 +13,7 @@
 import importlib
 
 from ._extension import cpu_capabilities, cpu_capability
-from .modules import ConvMixer, FusedMixerBlock, swap_mixer_blocks, unswap_mixer_blocks
+from .modules import ConvMixer, FusedMixerBlock, convert_sync_batchnorm, swap_mixer_blocks, unswap_mixer_blocks
 from .ops import available_backends, mixer_block, unavailable_backends
 
 __version__ = "0.1.0"
@@ -43,6 +44,7 @@ __all__ = [
     "ConvMixer",
     "FusedMixerBlock",
     "available_backends",
+    "convert_sync_batchnorm",
     "cpu_capabilities",
     "cpu_capability",
     "mixer_block",

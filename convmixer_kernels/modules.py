@@ -5,6 +5,8 @@ exactly as the Residual blocks of the official code, timm and mmpretrain do, so 
 move between them unchanged and a swap only replaces the Residual wrapper.
 """
 
+import itertools
+import warnings
 from typing import Optional, Sequence, Tuple, Union
 
 import torch
@@ -35,6 +37,13 @@ def _refuse_script(module: nn.Module):
 class FusedMixerBlock(nn.Module):
     """x + BatchNorm2d(act(depthwise Conv2d(x))) in one fused op.
 
+    Which statistics it normalizes with, and whether it updates the running ones, follow
+    fn[2] exactly as nn.BatchNorm2d decides (its own training flag,
+    track_running_stats, momentum=None), never this block's flag. Hooks on fn or its
+    modules would not run, so a forward with any raises. With convert_sync_batchnorm, or
+    an nn.SyncBatchNorm as fn[2], a training BatchNorm uses the statistics of every
+    process (ops/sync.py).
+
     State-dict keys: fn.0.weight, fn.0.bias, fn.2.weight, fn.2.bias, fn.2.running_mean,
     fn.2.running_var, fn.2.num_batches_tracked.
     """
@@ -43,6 +52,11 @@ class FusedMixerBlock(nn.Module):
         super().__init__()
         self.fn = plain_mixer_block(dim, kernel_size, activation).fn
         self.backend = backend
+        # Set by convert_sync_batchnorm: synchronize the batch statistics over
+        # sync_process_group (None: the default group). An nn.SyncBatchNorm in fn[2]
+        # synchronizes over its own process_group without this flag.
+        self.sync_stats = False
+        self.sync_process_group = None
 
     @classmethod
     def from_sequential(cls, fn: nn.Sequential, backend: str = "auto") -> "FusedMixerBlock":
@@ -54,6 +68,8 @@ class FusedMixerBlock(nn.Module):
         nn.Module.__init__(block)
         block.fn = fn
         block.backend = backend
+        block.sync_stats = False
+        block.sync_process_group = None
         block.train(fn.training)  # a swap must not flip an eval model into training
         return block
 
@@ -63,14 +79,22 @@ class FusedMixerBlock(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         conv, bn = self.fn[0], self.fn[2]
-        # BatchNorm2d's own rules for momentum, num_batches_tracked and which statistics.
+        reason = hooks_reason(self.fn)
+        if reason is not None:
+            raise RuntimeError(f"FusedMixerBlock: {reason}; the fused op computes the block without calling "
+                               "its modules, so remove it or turn the block back with unswap_mixer_blocks")
+        # nn.BatchNorm2d.forward's rules, read from the BatchNorm itself (never from this
+        # block's own flag): frozen-BN fine-tuning puts fn[2] in eval inside a training
+        # model, BN re-estimation trains fn[2] inside an eval model.
         momentum = 0.0 if bn.momentum is None else bn.momentum
-        if self.training and bn.track_running_stats and bn.num_batches_tracked is not None:
-            bn.num_batches_tracked.add_(1)
-            if bn.momentum is None:
-                momentum = 1.0 / float(bn.num_batches_tracked)
-        use_running = not self.training or bn.track_running_stats
-        return mixer_block(
+        counts_batch = bn.training and bn.track_running_stats and bn.num_batches_tracked is not None
+        if counts_batch and bn.momentum is None:
+            # The cumulative average over the batches so far, this one included.
+            momentum = 1.0 / float(bn.num_batches_tracked + 1)
+        batch_stats = bn.training or (bn.running_mean is None and bn.running_var is None)
+        use_running = not bn.training or bn.track_running_stats
+        sync, group = self._sync_request(bn)
+        y = mixer_block(
             x,
             conv.weight,
             conv.bias,
@@ -78,12 +102,25 @@ class FusedMixerBlock(nn.Module):
             bn.bias,
             bn.running_mean if use_running else None,
             bn.running_var if use_running else None,
-            training=self.training,
+            training=batch_stats,
             momentum=momentum,
             eps=bn.eps,
             activation=self.activation,
             backend=self.backend,
+            # As nn.SyncBatchNorm: only a training BatchNorm synchronizes.
+            sync=sync and bn.training,
+            process_group=group,
         )
+        # Counted after the call succeeded, so that a call that raises leaves no trace.
+        if counts_batch:
+            bn.num_batches_tracked.add_(1)
+        return y
+
+    def _sync_request(self, bn: nn.Module):
+        if isinstance(bn, nn.SyncBatchNorm):
+            return True, bn.process_group
+        # getattr: whole-model pickles made before these attributes existed.
+        return getattr(self, "sync_stats", False), getattr(self, "sync_process_group", None)
 
     def extra_repr(self) -> str:
         return f"activation={self.activation!r}, backend={self.backend!r}"
@@ -111,10 +148,44 @@ def why_not_mixer_sequential(fn: nn.Module) -> Optional[str]:
         return f"fn[0] padding must be 'same', got {conv.padding}"
     if activation_name(act) is None:
         return f"fn[1] must be one of nn.GELU, nn.ReLU, nn.SiLU (activations {ACTIVATIONS}), got {type(act).__name__}"
-    if type(bn) is not nn.BatchNorm2d:
-        return f"fn[2] must be nn.BatchNorm2d, got {type(bn).__name__}"
+    if type(bn) not in (nn.BatchNorm2d, nn.SyncBatchNorm):
+        return f"fn[2] must be nn.BatchNorm2d or nn.SyncBatchNorm, got {type(bn).__name__}"
     if bn.num_features != conv.out_channels:
         return "fn[2] must have the conv's channel count"
+    return None
+
+
+def _hook_kind(hook) -> str:
+    # The old-style reparametrizations are forward pre-hooks of these classes.
+    from torch.nn.utils import prune
+    from torch.nn.utils.spectral_norm import SpectralNorm
+    from torch.nn.utils.weight_norm import WeightNorm
+
+    if isinstance(hook, WeightNorm):
+        return "an old-style weight_norm reparametrization (torch.nn.utils.weight_norm)"
+    if isinstance(hook, SpectralNorm):
+        return "an old-style spectral_norm reparametrization (torch.nn.utils.spectral_norm)"
+    if isinstance(hook, prune.BasePruningMethod):
+        return "a pruning reparametrization (torch.nn.utils.prune)"
+    return ""
+
+
+def hooks_reason(fn: nn.Module, owner: Optional[nn.Module] = None) -> Optional[str]:
+    """None if neither `fn`, its children nor `owner` (the Residual a swap would replace)
+    carry hooks that run when they are called; otherwise which module carries what. The
+    fused op never calls these modules, so such hooks (forward, pre-forward, backward,
+    and the old-style weight_norm / spectral_norm / pruning reparametrizations, which
+    are forward pre-hooks) would silently stop running."""
+    modules = [("fn", fn), *((f"fn[{i}]", m) for i, m in enumerate(fn.children()))]
+    if owner is not None:
+        modules.insert(0, ("the residual block", owner))
+    for where, module in modules:
+        for hook in module._forward_pre_hooks.values():
+            return f"{where} carries {_hook_kind(hook) or 'a forward pre-hook'}"
+        if module._forward_hooks:
+            return f"{where} carries a forward hook"
+        if module._backward_hooks or module._backward_pre_hooks:
+            return f"{where} carries a backward hook"
     return None
 
 
@@ -131,14 +202,49 @@ def _is_residual_mixer(module: nn.Module) -> bool:
 def swap_mixer_blocks(model: nn.Module, backend: str = "auto") -> int:
     """Replaces, in place, every Residual(Conv2d depthwise 'same' -> act -> BatchNorm2d)
     in `model` by a FusedMixerBlock sharing its modules; returns how many it swapped.
-    Parameters, buffers and state_dict keys are unchanged."""
+    Parameters, buffers and state_dict keys are unchanged. A block whose modules carry
+    hooks or old-style reparametrizations (weight_norm, spectral_norm, pruning) is left
+    as it is, with a warning naming it and the hook: the fused op would not run them."""
     swapped = 0
-    for parent in list(model.modules()):
+    for parent_name, parent in list(model.named_modules()):
         for child_name, child in list(parent.named_children()):
-            if _is_residual_mixer(child):
-                setattr(parent, child_name, FusedMixerBlock.from_sequential(child.fn, backend))
-                swapped += 1
+            if not _is_residual_mixer(child):
+                continue
+            reason = hooks_reason(child.fn, owner=child)
+            if reason is not None:
+                path = f"{parent_name}.{child_name}" if parent_name else child_name
+                warnings.warn(f"swap_mixer_blocks: left {path!r} unswapped: {reason}, which the fused op "
+                              "would not run", UserWarning, stacklevel=2)
+                continue
+            setattr(parent, child_name, FusedMixerBlock.from_sequential(child.fn, backend))
+            swapped += 1
     return swapped
+
+
+def convert_sync_batchnorm(model: nn.Module, process_group=None) -> nn.Module:
+    """Makes every FusedMixerBlock in `model` synchronize its BatchNorm statistics over
+    `process_group` (None: the default group) while its BatchNorm trains, in place;
+    returns `model`. On CUDA the model's other BatchNorms become nn.SyncBatchNorm
+    (nn.SyncBatchNorm.convert_sync_batchnorm), so the whole model is synchronized. On
+    the CPU, where nn.SyncBatchNorm does not run, only the fused blocks synchronize and
+    a warning names how many other BatchNorms stay per-process. With no initialized
+    process group, or a group of one process, the blocks run exactly as unsynchronized."""
+    on_cuda = any(t.is_cuda for t in itertools.chain(model.parameters(), model.buffers()))
+    if on_cuda:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model, process_group)
+    for module in model.modules():
+        if isinstance(module, FusedMixerBlock):
+            module.sync_stats = True
+            module.sync_process_group = process_group
+    if not on_cuda:
+        inner = {id(m.fn[2]) for m in model.modules() if isinstance(m, FusedMixerBlock)}
+        others = [m for m in model.modules()
+                  if isinstance(m, nn.modules.batchnorm._BatchNorm) and id(m) not in inner]
+        if others:
+            warnings.warn(f"convert_sync_batchnorm: the model is not on CUDA, so its {len(others)} BatchNorm "
+                          "layers outside the fused mixer blocks keep per-process statistics (nn.SyncBatchNorm "
+                          "runs on CUDA only); the fused blocks synchronize", UserWarning, stacklevel=2)
+    return model
 
 
 def unswap_mixer_blocks(model: nn.Module) -> int:

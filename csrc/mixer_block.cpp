@@ -57,6 +57,55 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_
   return {call.dx, call.dweight, call.dbias, call.dgamma, call.dbeta};
 }
 
+// Synchronized BatchNorm's pieces of the training passes (ops/sync.py runs the
+// collectives between them): the statistics pass alone, the backward's sum pass alone,
+// and the backward's apply passes given the sums and count over every process.
+std::tuple<at::Tensor, at::Tensor> forward_stats_cpu(const at::Tensor& x, const at::Tensor& weight,
+                                                     const c10::optional<at::Tensor>& bias,
+                                                     c10::string_view activation) {
+  // eps only enters the apply pass, which does not run here; 1.0 passes the check.
+  auto call = prepare_forward(x, weight, bias, c10::nullopt, c10::nullopt, c10::nullopt, c10::nullopt, 1.0,
+                              std::string(activation), /*training=*/true);
+  call.params.stats_only = true;
+  call.params.y = nullptr;
+  call.y = at::Tensor();  // never written: release it now
+  cpu_passes(x.scalar_type(), "fused_forward_stats").forward_train(call.params);
+  return {call.mean, call.var};
+}
+
+std::tuple<at::Tensor, at::Tensor> backward_sums_cpu(const at::Tensor& grad_out, const at::Tensor& x,
+                                                     const at::Tensor& weight,
+                                                     const c10::optional<at::Tensor>& bias,
+                                                     const at::Tensor& mean, const at::Tensor& var, double eps,
+                                                     c10::string_view activation) {
+  auto call = prepare_backward(grad_out, x, weight, bias, c10::nullopt, mean, var, eps, /*batch_stats=*/true,
+                               std::string(activation));
+  call.params.sums_only = true;
+  call.params.dx = nullptr;
+  call.dx = at::Tensor();  // never written: release it now
+  cpu_passes(x.scalar_type(), "fused_backward_sums").backward(call.params);
+  return {call.dbeta, call.dgamma};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_with_sums_cpu(
+    const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& weight,
+    const c10::optional<at::Tensor>& bias, const c10::optional<at::Tensor>& gamma, const at::Tensor& mean,
+    const at::Tensor& var, double eps, const at::Tensor& sum_dy, const at::Tensor& sum_dy_xhat, int64_t count,
+    c10::string_view activation) {
+  auto call = prepare_backward(grad_out, x, weight, bias, gamma, mean, var, eps, /*batch_stats=*/true,
+                               std::string(activation));
+  const auto acc = acc_dtype(x.scalar_type());
+  check_channel_vector(sum_dy, "sum_dy", x, acc);
+  check_channel_vector(sum_dy_xhat, "sum_dy_xhat", x, acc);
+  TORCH_CHECK(count > 1, "mixer_block: count (values per channel over every process) must exceed 1, got ",
+              count);
+  call.params.sum_dy = sum_dy.data_ptr();
+  call.params.sum_dy_xhat = sum_dy_xhat.data_ptr();
+  call.params.count = count;
+  cpu_passes(x.scalar_type(), "fused_backward_with_sums").backward(call.params);
+  return {call.dx, call.dweight, call.dbias};
+}
+
 }  // namespace
 
 TORCH_LIBRARY(convmixer_kernels, m) {
@@ -73,12 +122,26 @@ TORCH_LIBRARY(convmixer_kernels, m) {
       "fused_backward(Tensor grad_out, Tensor x, Tensor weight, Tensor? bias, Tensor? gamma, "
       "Tensor mean, Tensor var, float eps, bool batch_stats, str activation) "
       "-> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+  // Synchronized BatchNorm's pieces (CPU only): the batch mean and biased variance;
+  // the backward's local (sum dy, sum dy * xhat); and (dx, dweight, dbias) given those
+  // sums and the count N*H*W over every process.
+  m.def("fused_forward_stats(Tensor x, Tensor weight, Tensor? bias, str activation) -> (Tensor, Tensor)");
+  m.def(
+      "fused_backward_sums(Tensor grad_out, Tensor x, Tensor weight, Tensor? bias, Tensor mean, Tensor var, "
+      "float eps, str activation) -> (Tensor, Tensor)");
+  m.def(
+      "fused_backward_with_sums(Tensor grad_out, Tensor x, Tensor weight, Tensor? bias, Tensor? gamma, "
+      "Tensor mean, Tensor var, float eps, Tensor sum_dy, Tensor sum_dy_xhat, int count, str activation) "
+      "-> (Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(convmixer_kernels, CPU, m) {
   m.impl("fused_forward_eval", &forward_eval_cpu);
   m.impl("fused_forward_train", &forward_train_cpu);
   m.impl("fused_backward", &backward_cpu);
+  m.impl("fused_forward_stats", &forward_stats_cpu);
+  m.impl("fused_backward_sums", &backward_sums_cpu);
+  m.impl("fused_backward_with_sums", &backward_with_sums_cpu);
 }
 
 }  // namespace convmixer_kernels

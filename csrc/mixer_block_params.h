@@ -52,6 +52,10 @@ struct ForwardParams {
   void* mean_out;
   void* var_out;
   void* y;  // [N, C, H, W] scalar_t, strides from g
+  // Training, CPU kernels: run the statistics pass only (mean_out, var_out; y is not
+  // written), for synchronized BatchNorm, which merges the statistics of every process
+  // before the apply pass.
+  bool stats_only = false;
 };
 
 // Backward of either mode. With rstd = 1 / sqrt(var + eps), xhat = (a - mean) * rstd:
@@ -75,6 +79,15 @@ struct BackwardParams {
   void* dbias;         // [C] acc_t
   void* dgamma;        // [C] acc_t
   void* dbeta;         // [C] acc_t
+  // CPU kernels, synchronized BatchNorm (batch_stats only). sums_only: run the first
+  // pass alone, writing the local sum(dy) to dbeta and sum(dy * xhat) to dgamma.
+  // sum_dy / sum_dy_xhat ([C] acc_t, both or neither): skip the first pass and form da
+  // from these sums over all processes with count the global N*H*W; dgamma and dbeta
+  // are then not written.
+  bool sums_only = false;
+  const void* sum_dy = nullptr;
+  const void* sum_dy_xhat = nullptr;
+  int64_t count = 0;
 };
 
 constexpr int kMaxKernelSize = 31;

@@ -49,3 +49,19 @@ def test_train_digits(tmp_path):
     assert len(re.findall(r"^ +\d+ +\d+\.\d{5} +\d+\.\d{5}", out, flags=re.M)) == 6  # both curves, per epoch
     with Image.open(plot) as image:
         assert image.format == "PNG" and image.size[0] > 100
+
+
+def test_train_ddp(tmp_path):
+    # torchrun --standalone: a rendezvous on the loopback interface, two processes (gloo).
+    checkpoint = tmp_path / "ddp.pth"
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    run = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+         os.path.join(ROOT, "python", "train_ddp.py"), "--max-steps", "3", "--checkpoint", str(checkpoint)],
+        capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    assert run.returncode == 0, f"train_ddp.py failed:\n{run.stdout}\n{run.stderr}"
+    assert re.search(r"^steps: 3; test accuracy: \d+\.\d\d%$", run.stdout, flags=re.M), run.stdout
+    assert "get_model loads it back to the same predictions: True" in run.stdout, run.stdout
+    assert "train (2 processes)" in run.stderr  # rank 0's tqdm bar
+    model = get_model("convmixer_64_4", pretrained=str(checkpoint), in_chans=1, num_classes=10)
+    assert model.num_classes == 10

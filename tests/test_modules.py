@@ -165,11 +165,13 @@ def test_swap_leaves_other_blocks_alone():
         Residual(nn.Sequential(nn.Conv2d(dim, dim, 3, groups=dim, padding=1), nn.Hardswish(), nn.BatchNorm2d(dim))),
         Residual(nn.Sequential(nn.Conv2d(dim, dim, 4, groups=dim, padding=2), nn.GELU(), nn.BatchNorm2d(dim))),  # even k, int pad
         Residual(nn.Sequential(nn.Conv2d(dim, dim, 3, groups=dim, padding=1, stride=2), nn.GELU(), nn.BatchNorm2d(dim))),
+        # SyncBatchNorm: fused, and the block synchronizes over its group (tests/test_sync.py).
         Residual(nn.Sequential(nn.Conv2d(dim, dim, 3, groups=dim, padding="same"), nn.GELU(), nn.SyncBatchNorm(dim))),
         Residual(nn.Sequential(nn.Conv2d(dim, dim, 3, groups=dim, padding=1), nn.GELU(), nn.BatchNorm2d(dim))),  # odd k, int pad: ok
     )
-    assert swap_mixer_blocks(blocks) == 1
-    assert isinstance(blocks[5], FusedMixerBlock)
+    assert swap_mixer_blocks(blocks) == 2
+    assert isinstance(blocks[4], FusedMixerBlock) and isinstance(blocks[5], FusedMixerBlock)
+    assert not any(isinstance(b, FusedMixerBlock) for b in blocks[:4])
 
 
 def test_from_sequential_rejects_what_it_cannot_fuse():

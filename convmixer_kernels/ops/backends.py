@@ -10,6 +10,19 @@ x's dtype, BN vectors contiguous in the accumulation dtype):
         -> (dx, dweight, dbias, dgamma, dbeta)   # the last four in the accumulation dtype
 
 and why_unavailable(device, dtype) -> None, or a sentence saying why it cannot run there.
+
+Synchronized BatchNorm (ops/sync.py) runs the training passes one by one with a
+collective between them, through three more functions (forward_eval, given the global
+statistics, is the apply pass):
+
+    forward_stats(x, weight, bias, activation) -> (mean, biased var)   # the statistics pass
+    backward_sums(grad_out, x, weight, bias, mean, var, eps, activation)
+        -> (sum dy, sum dy * xhat)                                  # the backward's first pass
+    backward_with_sums(grad_out, x, weight, bias, gamma, mean, var, eps, sum_dy, sum_dy_xhat,
+                       count, activation) -> (dx, dweight, dbias)    # its other passes
+
+with sums and count (N*H*W) over every process. A backend that cannot run them has
+why_no_sync() -> a sentence; "auto" then skips it for synchronized calls.
 """
 
 import importlib
@@ -53,6 +66,22 @@ class CompiledBackend:
     def backward(self, *args):
         return torch.ops.convmixer_kernels.fused_backward(*args)
 
+    def why_no_sync(self) -> Optional[str]:
+        if self.device_type == "cuda":
+            return ("the cuda backend's launchers run the statistics and apply passes as one call, so it "
+                    "cannot synchronize BatchNorm statistics across processes; use backend='triton' "
+                    "(backend='auto' picks it for synchronized blocks)")
+        return None
+
+    def forward_stats(self, *args):
+        return torch.ops.convmixer_kernels.fused_forward_stats(*args)
+
+    def backward_sums(self, *args):
+        return torch.ops.convmixer_kernels.fused_backward_sums(*args)
+
+    def backward_with_sums(self, *args):
+        return torch.ops.convmixer_kernels.fused_backward_with_sums(*args)
+
 
 _MODULES = {"eager": "convmixer_kernels.ops.eager", "triton": "convmixer_kernels.triton.backend"}
 _COMPILED = {"cpu": CompiledBackend("cpu"), "cuda": CompiledBackend("cuda")}
@@ -69,12 +98,15 @@ def get_backend(name: str):
     raise ValueError(f"mixer_block: backend must be 'auto' or one of {BACKEND_NAMES}, got {name!r}")
 
 
-def why_unavailable(name: str, device: torch.device, dtype: torch.dtype) -> Optional[str]:
+def why_unavailable(name: str, device: torch.device, dtype: torch.dtype, synced: bool = False) -> Optional[str]:
     try:
         backend = get_backend(name)
     except RuntimeError as exc:
         return str(exc)
-    return backend.why_unavailable(device, dtype)
+    reason = backend.why_unavailable(device, dtype)
+    if reason is None and synced:
+        reason = getattr(backend, "why_no_sync", lambda: None)()
+    return reason
 
 
 def available_backends(device="cpu", dtype: torch.dtype = torch.float32) -> List[str]:
@@ -97,23 +129,25 @@ _warned_fallback = set()
 # Evaluated once at trace time under torch.compile: the answer depends only on constants.
 @torch.compiler.assume_constant_result
 def resolve(name: str, device: torch.device, dtype: torch.dtype,
-            problem: Optional[auto_select.Problem] = None) -> str:
+            problem: Optional[auto_select.Problem] = None, synced: bool = False) -> str:
     """The concrete backend for a call: `name` itself after checking it can run, or for
     "auto" the fastest available one for `problem` (ops/auto_select.py), warning once
-    when only the eager fallback is left."""
+    when only the eager fallback is left. synced: a call with statistics synchronized
+    across processes, which only backends with the pieces of ops/sync.py can run."""
     if name != "auto":
-        reason = why_unavailable(name, device, dtype)
+        reason = why_unavailable(name, device, dtype, synced)
         if reason is not None:
             raise RuntimeError(f"mixer_block: backend {name!r} cannot run here: {reason}")
         return name
-    available = [c for c in _AUTO_ORDER.get(device.type, ()) if why_unavailable(c, device, dtype) is None]
+    available = [c for c in _AUTO_ORDER.get(device.type, ()) if why_unavailable(c, device, dtype, synced) is None]
     if available:
         return auto_select.choose(available, problem)
-    key = (device.type, dtype)
+    key = (device.type, dtype, synced)
     if key not in _warned_fallback and not os.environ.get("CONVMIXER_KERNELS_QUIET_FALLBACK"):
         _warned_fallback.add(key)
         reasons = "; ".join(
-            f"{n}: {why}" for n, why in unavailable_backends(device, dtype).items() if n != "eager"
+            f"{n}: {why}" for n in BACKEND_NAMES if n != "eager"
+            for why in [why_unavailable(n, device, dtype, synced)] if why is not None
         )
         warnings.warn(
             f"convmixer_kernels: no fused backend for {device.type} {dtype} ({reasons}); "

@@ -1,6 +1,7 @@
-"""The `eager` backend: the three passes written with stock PyTorch ops on top of
-reference.py. It runs anywhere and is the fallback where no fused backend exists; its
-backward writes out the math of DESIGN.md's three passes with torch ops."""
+"""The `eager` backend: the three passes (and synchronized BatchNorm's pieces of them,
+ops/sync.py) written with stock PyTorch ops on top of reference.py. It runs anywhere and
+is the fallback where no fused backend exists; its backward writes out the math of
+DESIGN.md's three passes with torch ops."""
 
 import math
 from typing import Optional, Tuple
@@ -66,31 +67,70 @@ def activation_grad(h: Tensor, act_name: str) -> Tensor:
     raise ValueError(f"unknown activation {act_name!r}")
 
 
-def backward(grad_out, x, weight, bias, gamma, mean, var, eps, batch_stats, act_name):
+def _recompute(x, weight, bias, mean, var, eps, act_name):
+    """h = conv(x) + bias, xhat and rstd of the backward, in the accumulation dtype."""
     acc = _acc(x)
-    xa, wa, dy = x.to(acc), weight.to(acc), grad_out.to(acc)
     ba = bias.to(acc) if bias is not None else None
-    h = depthwise_conv_same(xa, wa, ba)
-    shape = (1, -1, 1, 1)
+    h = depthwise_conv_same(x.to(acc), weight.to(acc), ba)
     rstd = torch.rsqrt(var + eps)
-    xhat = (activation(h, act_name) - mean.view(shape)) * rstd.view(shape)
-    dbeta = dy.sum(dim=(0, 2, 3))
-    dgamma = (dy * xhat).sum(dim=(0, 2, 3))
+    xhat = (activation(h, act_name) - mean.view(_SHAPE)) * rstd.view(_SHAPE)
+    return h, xhat, rstd
+
+
+_SHAPE = (1, -1, 1, 1)
+
+
+def _sums(dy, xhat):
+    return dy.sum(dim=(0, 2, 3)), (dy * xhat).sum(dim=(0, 2, 3))
+
+
+def _backward_apply(dy, x, weight, h, xhat, rstd, gamma, sums, count, act_name):
+    """(dx, dweight, dbias) from dL/dy; sums = (sum dy, sum dy * xhat) over `count` values
+    per channel with batch statistics, None with frozen statistics."""
+    acc = _acc(x)
     scale = rstd if gamma is None else gamma * rstd
-    if batch_stats:
-        count = x.shape[0] * x.shape[2] * x.shape[3]
-        da = (dy - (dbeta / count).view(shape) - xhat * (dgamma / count).view(shape)) * scale.view(shape)
+    if sums is not None:
+        sum_dy, sum_dy_xhat = sums
+        da = (dy - (sum_dy / count).view(_SHAPE) - xhat * (sum_dy_xhat / count).view(_SHAPE)) * scale.view(_SHAPE)
     else:
-        da = dy * scale.view(shape)
+        da = dy * scale.view(_SHAPE)
     dh = da * activation_grad(h, act_name)
     before, after = same_padding(weight.shape[-1])
-    padded = F.pad(xa, (before, after, before, after))
+    padded = F.pad(x.to(acc), (before, after, before, after))
     dpadded, dw, db = torch.ops.aten.convolution_backward(
-        dh, padded, wa, [x.shape[1]], [1, 1], [0, 0], [1, 1], False, [0, 0], x.shape[1], [True, True, True]
+        dh, padded, weight.to(acc), [x.shape[1]], [1, 1], [0, 0], [1, 1], False, [0, 0], x.shape[1],
+        [True, True, True]
     )
     h_end, w_end = before + x.shape[2], before + x.shape[3]
     dx = (dy + dpadded[:, :, before:h_end, before:w_end]).to(x.dtype)
+    return dx, dw, db
+
+
+def backward(grad_out, x, weight, bias, gamma, mean, var, eps, batch_stats, act_name):
+    dy = grad_out.to(_acc(x))
+    h, xhat, rstd = _recompute(x, weight, bias, mean, var, eps, act_name)
+    dbeta, dgamma = _sums(dy, xhat)
+    count = x.shape[0] * x.shape[2] * x.shape[3]
+    dx, dw, db = _backward_apply(dy, x, weight, h, xhat, rstd, gamma, (dbeta, dgamma) if batch_stats else None,
+                                 count, act_name)
     return dx, dw, db, dgamma, dbeta
+
+
+# The pieces synchronized BatchNorm runs with collectives between them (ops/sync.py).
+
+def forward_stats(x, weight, bias, act_name):
+    return _batch_stats(_act(x, weight, bias, act_name))
+
+
+def backward_sums(grad_out, x, weight, bias, mean, var, eps, act_name):
+    _, xhat, _ = _recompute(x, weight, bias, mean, var, eps, act_name)
+    return _sums(grad_out.to(_acc(x)), xhat)
+
+
+def backward_with_sums(grad_out, x, weight, bias, gamma, mean, var, eps, sum_dy, sum_dy_xhat, count, act_name):
+    h, xhat, rstd = _recompute(x, weight, bias, mean, var, eps, act_name)
+    return _backward_apply(grad_out.to(_acc(x)), x, weight, h, xhat, rstd, gamma, (sum_dy, sum_dy_xhat), count,
+                           act_name)
 
 
 def why_unavailable(device: torch.device, dtype: torch.dtype) -> Optional[str]:

@@ -17,8 +17,9 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
-from ..reference import ACTIVATIONS, MAX_KERNEL_SIZE
+from ..reference import ACTIVATIONS, MAX_KERNEL_SIZE, mixer_block_reference
 from . import auto_select, backends
+from . import sync as sync_ops
 
 _FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
@@ -116,7 +117,29 @@ def _memory_format(x: Tensor) -> torch.memory_format:
     return torch.channels_last if x.stride(1) < x.stride(3) else torch.contiguous_format
 
 
+def grad_like(grad: Tensor, weight: Tensor) -> Tensor:
+    """The conv-weight gradient in the weight's dtype and strides. The kernels take a
+    contiguous weight; a channels_last model's (C, 1, k, k) weight is contiguous too but
+    with another stride on the size-1 dimension, and DistributedDataParallel's gradient
+    buckets compare strides literally (a warning, and a slower copy, on every step)."""
+    grad = grad.to(weight.dtype)
+    return grad if grad.stride() == weight.stride() else grad.as_strided(weight.shape, weight.stride())
+
+
+def refuse_double_backward(grad_y: Tensor) -> None:
+    """The kernels' backward is not itself differentiable: refuse create_graph=True (or
+    torch.autograd.grad(..., create_graph=True)) at the first backward, instead of
+    returning gradients that would silently lack their own graph."""
+    if torch.is_grad_enabled() and not torch.compiler.is_compiling():
+        raise RuntimeError(
+            "mixer_block: double backward (create_graph=True) is not supported: the fused kernels' backward "
+            "is not differentiable (on every backend, eager included). For higher-order gradients run the "
+            "plain eager block: unswap_mixer_blocks(model), or reference.mixer_block_reference"
+        )
+
+
 def _backward(ctx, grad_y, *unused_stat_grads):
+    refuse_double_backward(grad_y)
     x, weight, bias, gamma, mean, var = ctx.saved_tensors
     bias = bias if ctx.has_bias else None
     gamma = gamma if ctx.has_gamma else None
@@ -128,7 +151,7 @@ def _backward(ctx, grad_y, *unused_stat_grads):
     )
     grads = [
         dx,
-        dw.to(weight.dtype),
+        grad_like(dw, weight),
         db.to(bias.dtype) if bias is not None else None,
         dgamma.to(ctx.gamma_dtype) if ctx.has_gamma else None,
         dbeta.to(ctx.beta_dtype) if ctx.has_beta else None,
@@ -260,6 +283,8 @@ def mixer_block(
     eps: float = 1e-5,
     activation: str = "gelu",
     backend: str = "auto",
+    sync: bool = False,
+    process_group=None,
 ) -> Tensor:
     """y = x + BatchNorm2d(act(Conv2d(C, C, k, groups=C, padding='same')(x))), fused.
 
@@ -268,6 +293,13 @@ def mixer_block(
     running statistics updates them in place (unbiased variance, `momentum`). Output
     dtype and memory format follow x. backend: "auto" (fastest available), "cuda",
     "triton", "cpu" or "eager"; see available_backends(device).
+
+    sync=True with training=True: the batch statistics (and the backward's sums) are
+    those of the batches of every process of `process_group` (None: the default group),
+    as nn.SyncBatchNorm computes them; see ops/sync.py. Without an initialized process
+    group, or with a group of one process, exactly the unsynchronized block.
+    An empty batch gives an empty result and leaves the running statistics alone, as
+    nn.BatchNorm2d does. Double backward (create_graph=True) raises.
     """
     out_dtype = x.dtype
     # Meta tensors (shapes only) have no autocast state, and torch raises when asked for it.
@@ -287,19 +319,33 @@ def mixer_block(
                   momentum, eps, activation)
     x = x.contiguous(memory_format=_memory_format(x))
     use_batch_stats = training or running_mean is None
+    group = None if on_meta else sync_ops.sync_group(sync, process_group, training)
+    if x.numel() == 0 and group is None and not on_meta:
+        # Nothing to normalize: eager's own ops give the empty result (with zero
+        # gradients for the parameters) and leave the running statistics alone.
+        return mixer_block_reference(x, conv_weight, conv_bias, bn_weight, bn_bias, running_mean, running_var,
+                                     training=training, momentum=momentum, eps=eps,
+                                     activation_fn=activation).to(out_dtype)
     if on_meta:
         # The custom ops' fake implementations give the meta outputs, as eager does; no
         # backend runs, so none is chosen.
         name = "eager"
     else:
         problem = auto_select.Problem.of(x, conv_weight, use_batch_stats, activation) if backend == "auto" else None
-        name = backends.resolve(backend, x.device, x.dtype, problem)
+        name = backends.resolve(backend, x.device, x.dtype, problem, synced=group is not None)
     acc = _acc_dtype(x.dtype)
     weight = conv_weight.contiguous()
     vectors = [t.to(acc).contiguous() if t is not None else None for t in (bn_weight, bn_bias)]
     no_autocast = contextlib.nullcontext() if on_meta else torch.autocast(x.device.type, enabled=False)
     with no_autocast:
-        if use_batch_stats:
+        if group is not None:
+            # Statistics over every process: ops/sync.py runs the kernels' passes with
+            # the collectives between them.
+            y, mean, var, count = sync_ops.SyncedTrain.apply(
+                x, weight, conv_bias, *vectors, eps, activation, name, group)
+            if running_mean is not None:
+                _update_running_stats(running_mean, running_var, mean, var, momentum, count)
+        elif use_batch_stats:
             if x.shape[0] * x.shape[2] * x.shape[3] <= 1:
                 raise ValueError(
                     f"mixer_block: batch statistics need more than one value per channel, got x of shape {tuple(x.shape)}"

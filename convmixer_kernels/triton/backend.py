@@ -6,7 +6,8 @@ Passes (one launch each):
   training forward  stats -> merge_welford -> apply          (batch mean and biased variance)
   backward          [stats (pass 1) -> sum] -> dh (pass 2) -> sum -> dx (3a), dw (3b) -> sum
 Pass 1 runs only with batch statistics; with frozen BN pass 2 also reduces the sums
-for dgamma and dbeta. Passes 3a and 3b both read dh with its halo.
+for dgamma and dbeta. Synchronized BatchNorm (ops/sync.py) calls the statistics pass,
+pass 1 and passes 2-3 one by one (forward_stats, backward_sums, backward_with_sums). Passes 3a and 3b both read dh with its halo.
 Every reduction goes through per-region partials and reductions.py: no atomics, the
 same bits on every run with a fixed config.
 """
@@ -164,8 +165,8 @@ def forward_eval(x, weight, bias, gamma, beta, running_mean, running_var, eps, a
     return _apply(prob, x, bias, gamma, beta, running_mean, running_var, eps)
 
 
-def forward_train(x, weight, bias, gamma, beta, eps, activation):
-    prob = _Problem(x, weight, activation)
+def _stats(prob, x, bias):
+    """The statistics pass and its merge: the batch mean and biased variance of a."""
     f32 = dict(dtype=torch.float32, device=x.device)
     part_mean = torch.empty((prob.P, prob.C), **f32)
     part_m2 = torch.empty((prob.P, prob.C), **f32)
@@ -180,43 +181,62 @@ def forward_train(x, weight, bias, gamma, beta, eps, activation):
         part_mean, part_m2, mean, var, prob.C, prob.P, prob.n_bands, prob.band_rows, prob.H, prob.W,
         BLOCK_P=_RED_BLOCK_P, BLOCK_C=_RED_BLOCK_C,
     )
+    return mean, var
+
+
+def forward_train(x, weight, bias, gamma, beta, eps, activation):
+    prob = _Problem(x, weight, activation)
+    mean, var = _stats(prob, x, bias)
     return _apply(prob, x, bias, gamma, beta, mean, var, eps), mean, var
 
 
-def backward(grad_out, x, weight, bias, gamma, mean, var, eps, batch_stats, activation):
+def _backward_problem(grad_out, x, weight, activation):
     prob = _Problem(x, weight, activation)
     if grad_out.stride() != x.stride():
         grad_out = grad_out.contiguous(
             memory_format=torch.contiguous_format if prob.layout == "nchw" else torch.channels_last
         )
+    return prob, grad_out
+
+
+def _region_args(prob):
+    return (prob.C, prob.H, prob.W, prob.n_bands, prob.band_rows)
+
+
+def _sums(prob, grad_out, x, bias, mean, var, eps):
+    """Pass 1 with batch statistics: (sum dy, sum dy * xhat) per channel."""
+    f32 = dict(dtype=torch.float32, device=x.device)
+    part = torch.empty((prob.P, 2, prob.C), **f32)
+    prob.kernels.backward_stats.launch(
+        prob.region_grid(), x, prob.w, _or(bias, prob.w), mean, var, grad_out, part, *_region_args(prob), eps,
+        K=prob.K, ACT=prob.act, HAS_BIAS=bias is not None,
+    )
+    return _column_sum(part[:, 0], torch.empty((prob.C,), **f32)), _column_sum(part[:, 1], torch.empty((prob.C,), **f32))
+
+
+def _backward_apply(prob, grad_out, x, bias, gamma, mean, var, eps, sums, count):
+    """Passes 2-3: (dx, dweight, dbias) and, with frozen statistics (sums None), the
+    sums for dbeta and dgamma that pass 2 reduces itself; with batch statistics `sums`
+    are (sum dy, sum dy * xhat) over `count` values per channel."""
     f32 = dict(dtype=torch.float32, device=x.device)
     C, P, K = prob.C, prob.P, prob.K
     kernels = prob.kernels
-    region_args = (C, prob.H, prob.W, prob.n_bands, prob.band_rows)
-    has = dict(K=K, ACT=prob.act, HAS_BIAS=bias is not None)
-
-    if batch_stats:
-        part = torch.empty((P, 2, C), **f32)
-        kernels.backward_stats.launch(
-            prob.region_grid(), x, prob.w, _or(bias, prob.w), mean, var, grad_out, part, *region_args, eps, **has
-        )
-        dbeta = _column_sum(part[:, 0], torch.empty((C,), **f32))
-        dgamma = _column_sum(part[:, 1], torch.empty((C,), **f32))
-        sum_dy, sum_dy_xhat = dbeta, dgamma
-    else:
-        sum_dy = sum_dy_xhat = mean  # frozen BN: pass 2 reduces these sums itself
+    region_args = _region_args(prob)
+    batch_stats = sums is not None
+    sum_dy, sum_dy_xhat = sums if batch_stats else (mean, mean)  # frozen BN: unread
     dh = torch.empty_like(x, dtype=torch.float32)
     part = torch.empty((P, 1 if batch_stats else 3, C), **f32)
     kernels.backward_dh.launch(
         prob.region_grid(), x, prob.w, _or(bias, prob.w), _or(gamma, mean), mean, var, grad_out,
         sum_dy, sum_dy_xhat, dh, part,
-        *region_args, eps, 1.0 / (prob.N * prob.H * prob.W),
-        **has, HAS_GAMMA=gamma is not None, BATCH_STATS=batch_stats,
+        *region_args, eps, 1.0 / count,
+        K=K, ACT=prob.act, HAS_BIAS=bias is not None, HAS_GAMMA=gamma is not None, BATCH_STATS=batch_stats,
     )
     dbias = _column_sum(part[:, 0], torch.empty((C,), **f32))
+    frozen_sums = None
     if not batch_stats:
-        dbeta = _column_sum(part[:, 1], torch.empty((C,), **f32))
-        dgamma = _column_sum(part[:, 2], torch.empty((C,), **f32))
+        frozen_sums = (_column_sum(part[:, 1], torch.empty((C,), **f32)),
+                       _column_sum(part[:, 2], torch.empty((C,), **f32)))
 
     dx = torch.empty_like(x)
     kernels.backward_dx.launch(prob.tile_grid(), dh, prob.w_flipped(), grad_out, dx, C, prob.H, prob.W, K=K)
@@ -224,4 +244,31 @@ def backward(grad_out, x, weight, bias, gamma, mean, var, eps, batch_stats, acti
     part = torch.empty((P, K * K, C), **f32)
     kernels.backward_dw.launch(prob.region_grid(triton.cdiv(K, group)), dh, x, part, *region_args, K=K, GROUP=group)
     dweight = _column_sum(part.view(P, K * K * C), torch.empty((C, 1, K, K), **f32), inner=C, outer=K * K)
+    return dx, dweight, dbias, frozen_sums
+
+
+def backward(grad_out, x, weight, bias, gamma, mean, var, eps, batch_stats, activation):
+    prob, grad_out = _backward_problem(grad_out, x, weight, activation)
+    sums = _sums(prob, grad_out, x, bias, mean, var, eps) if batch_stats else None
+    count = prob.N * prob.H * prob.W
+    dx, dweight, dbias, frozen_sums = _backward_apply(prob, grad_out, x, bias, gamma, mean, var, eps, sums, count)
+    dbeta, dgamma = sums if batch_stats else frozen_sums
     return dx, dweight, dbias, dgamma, dbeta
+
+
+# The pieces synchronized BatchNorm runs with collectives between them (ops/sync.py).
+
+def forward_stats(x, weight, bias, activation):
+    return _stats(_Problem(x, weight, activation), x, bias)
+
+
+def backward_sums(grad_out, x, weight, bias, mean, var, eps, activation):
+    prob, grad_out = _backward_problem(grad_out, x, weight, activation)
+    return _sums(prob, grad_out, x, bias, mean, var, eps)
+
+
+def backward_with_sums(grad_out, x, weight, bias, gamma, mean, var, eps, sum_dy, sum_dy_xhat, count, activation):
+    prob, grad_out = _backward_problem(grad_out, x, weight, activation)
+    dx, dweight, dbias, _ = _backward_apply(prob, grad_out, x, bias, gamma, mean, var, eps,
+                                            (sum_dy, sum_dy_xhat), count)
+    return dx, dweight, dbias

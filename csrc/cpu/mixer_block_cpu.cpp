@@ -545,6 +545,7 @@ void forward_train_nchw(const ForwardParams& p) {
           pm2[u] = m2 - static_cast<double>(count) * shift * shift;
         });
     merge_stats(g.batch, g.channels, count, pmean, pm2, mean_out, var_out);
+    if (p.stats_only) return;  // synchronized BN merges the statistics of all processes first
     const auto cp = channel_params<T>(g.channels, p.gamma, p.beta, mean_out, var_out, p.eps);
     // Pass 2: y = x + (a - mean) * rstd * gamma + beta.
     parallel_units(
@@ -627,6 +628,7 @@ void forward_train_cl(const ForwardParams& p) {
           }
         });
     merge_stats(g.batch, C, count, pmean, pm2, mean_out, var_out);
+    if (p.stats_only) return;  // synchronized BN merges the statistics of all processes first
     const auto cp = channel_params<T>(C, p.gamma, p.beta, mean_out, var_out, p.eps);
     std::vector<T> s(C);
     for (int64_t c = 0; c < C; ++c) s[c] = cp.gamma[c] * cp.rstd[c];
@@ -688,6 +690,16 @@ GradCoeffs<T> grad_coeffs(const ChannelParams<T>& cp, bool batch_stats, const T*
   return k;
 }
 
+// The coefficients of one backward call: from the local sums and count, or, in
+// synchronized BN (p.sum_dy given), from the sums and the count over every process.
+template <typename T>
+GradCoeffs<T> call_grad_coeffs(const ChannelParams<T>& cp, const BackwardParams& p, const T* dbeta,
+                               const T* dgamma, int64_t M) {
+  if (p.sum_dy)
+    return grad_coeffs(cp, true, static_cast<const T*>(p.sum_dy), static_cast<const T*>(p.sum_dy_xhat), p.count);
+  return grad_coeffs(cp, p.batch_stats, dbeta, dgamma, M);
+}
+
 template <typename scalar_t, Activation A>
 void backward_nchw(const BackwardParams& p) {
   using T = acc_type<scalar_t>;
@@ -719,7 +731,7 @@ void backward_nchw(const BackwardParams& p) {
 
   with_kernel_size<T>(K, [&](auto kt) {
     constexpr int KT = decltype(kt)::value;
-    if (p.batch_stats) {
+    if (p.batch_stats && p.sum_dy == nullptr) {
       parallel_units(
           units, [&] { return PlaneState<T>(pg, true); },
           [&](int64_t u, PlaneState<T>& st) {
@@ -743,7 +755,8 @@ void backward_nchw(const BackwardParams& p) {
       sum_over_batch(g.batch, C, 1, part.sdy, dbeta);
       sum_over_batch(g.batch, C, 1, part.sdyx, dgamma);
     }
-    const auto kc = grad_coeffs(cp, p.batch_stats, dbeta, dgamma, M);
+    if (p.sums_only) return;
+    const auto kc = call_grad_coeffs(cp, p, dbeta, dgamma, M);
     parallel_units(
         units, [&] { return PlaneState<T>(pg, true); },
         [&](int64_t u, PlaneState<T>& st) {
@@ -787,6 +800,7 @@ void backward_nchw(const BackwardParams& p) {
           }
         });
   });
+  if (p.sums_only) return;
   if (!p.batch_stats) {
     sum_over_batch(g.batch, C, 1, part.sdy, dbeta);
     sum_over_batch(g.batch, C, 1, part.sdyx, dgamma);
@@ -829,7 +843,7 @@ void backward_cl(const BackwardParams& p) {
 
   with_kernel_size<T>(K, [&](auto kt) {
     constexpr int KT = decltype(kt)::value;
-    if (p.batch_stats) {
+    if (p.batch_stats && p.sum_dy == nullptr) {
       parallel_units(
           g.batch * tg.blocks, [&] { return TileState<T>(tg, true); },
           [&](int64_t u, TileState<T>& st) {
@@ -851,7 +865,8 @@ void backward_cl(const BackwardParams& p) {
       sum_over_batch(g.batch, C, 1, part.sdy, dbeta);
       sum_over_batch(g.batch, C, 1, part.sdyx, dgamma);
     }
-    const auto kc = grad_coeffs(cp, p.batch_stats, dbeta, dgamma, M);
+    if (p.sums_only) return;
+    const auto kc = call_grad_coeffs(cp, p, dbeta, dgamma, M);
     parallel_units(
         g.batch * tg.blocks, [&] { return TileState<T>(tg, true); },
         [&](int64_t u, TileState<T>& st) {
@@ -891,6 +906,7 @@ void backward_cl(const BackwardParams& p) {
           store_tile(g, dx, b.n, b.c0, b.nc, st.h.data(), tg.pixels);
         });
   });
+  if (p.sums_only) return;
   if (!p.batch_stats) {
     sum_over_batch(g.batch, C, 1, part.sdy, dbeta);
     sum_over_batch(g.batch, C, 1, part.sdyx, dgamma);
