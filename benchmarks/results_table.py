@@ -3,6 +3,7 @@ the tables and plots are made from it, so they never disagree."""
 
 import csv
 import os
+import re
 from collections import OrderedDict
 
 FIELDS = ["op", "mode", "backend", "dtype", "layout", "shape", "k", "activation", "median_ms", "p20_ms",
@@ -12,9 +13,11 @@ BASELINES = ("eager", "compile", "compile-max-autotune")
 
 
 def device_slug(device: str) -> str:
-    """'NVIDIA H200' -> 'nvidia_h200': the results file name of a device (the text in
-    parentheses, a CPU's thread count and level, is left out)."""
-    return "".join(c if c.isalnum() else "_" for c in device.split(" (")[0]).strip("_").lower()
+    """'NVIDIA H200' -> 'nvidia_h200', 'Intel(R) Xeon(R) Processor (2 threads, ...)' ->
+    'intel_xeon_processor': the results file name of a device (trademark signs and the
+    text in parentheses after the name, a CPU's thread count and level, left out)."""
+    name = re.sub(r"\((R|TM)\)", "", device, flags=re.IGNORECASE).split(" (")[0]
+    return re.sub(r"[^0-9a-z]+", "_", name.lower()).strip("_")
 
 
 def read_rows(path):
