@@ -10,9 +10,11 @@ The images get the model config's preprocessing (for the released weights: short
 
 Which output each class folder is: with --class-map FILE, the line of the folder's name in
 FILE; else, where every folder is named after one of the model's classes (the ImageNet
-names for 1000 outputs), that class; else, with one folder per output, the sorted order
-(an ImageNet validation folder of all 1000 synset ids). Anything else is an error: a
-subset of the folders cannot be matched to outputs by its order.
+names for 1000 outputs), that class; else, where every folder is a WordNet synset id and
+the model has 1000 outputs, the synset's ImageNet-1k index (the synset list comes from an
+installed timm; this package ships only the class names); else, with one folder per
+output, the sorted order (an ImageNet validation folder of all 1000 synset ids). Anything
+else is an error: a subset of the folders cannot be matched to outputs by its order.
 A file that cannot be read stops the run with its name, unless --skip-broken is given:
 then it is left out and listed in the summary.
 """
@@ -33,6 +35,7 @@ from tqdm import tqdm
 from .cli_args import (BACKEND_CHOICES, device_name, existing_dir, existing_file, model_name, non_negative_int,
                        positive_int)
 from .imagefolder import ImageFolder, collate_skipping_broken
+from .imagenet_classes import imagenet_synsets
 from .inference import class_names
 from .models import get_config, get_model
 from .preprocess import preprocess, preprocess_args
@@ -127,6 +130,14 @@ def class_labels(folders: Sequence[str], model: nn.Module, data: str,
     by_name = {} if names is None else {name: index for index, name in enumerate(names)}
     if by_name and all(f in by_name for f in folders):
         return {f: by_name[f] for f in folders}
+    if outputs == 1000 and folders and all(_SYNSET.fullmatch(f) for f in folders):
+        synsets = imagenet_synsets()
+        if synsets is not None:
+            by_synset = {s: index for index, s in enumerate(synsets)}
+            unknown = [f for f in folders if f not in by_synset]
+            if unknown:
+                raise ValueError(f"{len(unknown)} class folders of {data} are not ImageNet-1k synsets: {unknown[:10]}")
+            return {f: by_synset[f] for f in folders}
     if len(folders) == outputs:
         return {f: i for i, f in enumerate(folders)}
     raise ValueError(_unmatched_subset(folders, outputs, data))
@@ -147,7 +158,8 @@ def _unmatched_subset(folders: Sequence[str], outputs: int, data: str) -> str:
     hint = ""
     if all(_SYNSET.fullmatch(f) for f in folders):
         hint = (" For WordNet synset folders (n01440764, ...) give the synset list in label order, e.g. the "
-                "ImageNet devkit's LOC_synset_mapping.txt: this package ships the class names but not the synset ids.")
+                "ImageNet devkit's LOC_synset_mapping.txt, or install timm, whose synset list is then used: this "
+                "package ships the class names but not the synset ids.")
     return (
         f"{data} has {len(folders)} class folders for a model with {outputs} outputs, and the folder names "
         f"({', '.join(folders[:5])}{', ...' if len(folders) > 5 else ''}) are not the model's class names, so "

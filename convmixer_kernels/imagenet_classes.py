@@ -7,8 +7,12 @@ the validation set). Two synsets share a first lemma; they read "crane (bird)" /
 """
 
 import functools
-from importlib import resources
-from typing import Tuple
+import os
+from importlib import metadata, resources
+from typing import Optional, Tuple
+
+# Where timm keeps the ILSVRC-2012 synset ids, one a line, sorted (= label order).
+_TIMM_SYNSETS = "timm/data/_info/imagenet_synsets.txt"
 
 
 @functools.lru_cache(maxsize=None)
@@ -18,3 +22,21 @@ def imagenet_classes() -> Tuple[str, ...]:
     if len(names) != 1000:
         raise RuntimeError(f"data/imagenet_classes.txt has {len(names)} names, not 1000")
     return names
+
+
+@functools.lru_cache(maxsize=None)
+def imagenet_synsets() -> Optional[Tuple[str, ...]]:
+    """The 1000 ILSVRC-2012 WordNet synset ids (n01440764, ...) in label order, read from
+    the data file of an installed timm (found through its package metadata; timm itself
+    is not imported), or None where timm is not installed. This package ships the class
+    names only."""
+    try:
+        path = str(metadata.distribution("timm").locate_file(_TIMM_SYNSETS))
+    except metadata.PackageNotFoundError:
+        return None
+    if not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        ids = tuple(line.strip() for line in f if line.strip())
+    # The label order is the sorted order of the ids: a file that is not it is not used.
+    return ids if len(ids) == 1000 and list(ids) == sorted(ids) else None

@@ -16,5 +16,8 @@ $PY -c "import triton" 2>/dev/null || $PIP triton
 $PIP setuptools wheel ninja numpy pytest expecttest
 # The model layer's extras: images, progress bars, the digits example, plots, ONNX export.
 $PIP pillow tqdm scikit-learn matplotlib onnx onnxruntime onnxscript
+# timm's ImageNet synset list (evaluate maps synset-named folders with it); its files only:
+# its dependencies would bring a torchvision that does not match this torch.
+$PIP --no-deps timm
 MAX_JOBS=${MAX_JOBS:-$(nproc)} $PIP --no-build-isolation -e .
 $PY -c "import convmixer_kernels as c; print('convmixer_kernels', c.__version__, 'backends on cpu:', c.available_backends('cpu'), 'cpu capability:', c.cpu_capability())"

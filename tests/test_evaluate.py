@@ -126,16 +126,33 @@ def synset_folder(tmp_path, synsets):
     return data
 
 
-def test_a_subset_of_synset_folders_needs_a_class_map(tmp_path):
-    # The first and the last ImageNet synsets: by folder order they would be labelled 0 and
-    # 1, but they are outputs 0 and 999.
+def test_a_subset_of_synset_folders_maps_to_the_imagenet_indices(tmp_path):
+    # The first, a middle and the last ImageNet synsets: by folder order they would be
+    # labelled 0, 1, 2, but they are outputs 0, 1 and 999. The synset list is timm's
+    # (scripts/install.sh installs timm's files without its dependencies).
+    from convmixer_kernels.imagenet_classes import imagenet_synsets
+
+    if imagenet_synsets() is None:
+        pytest.skip("timm is not installed: no synset list (pip install --no-deps timm)")
+    data = synset_folder(tmp_path, ["n01440764", "n01443537", "n15075141"])
+    loader = make_loader(get_model("convmixer_64_4", num_classes=1000), str(data), workers=0)
+    assert sorted(label for _, label in loader.dataset.samples) == [0, 1, 999]
+    not_imagenet = synset_folder(tmp_path / "other", ["n01440764", "n99999999"])
+    with pytest.raises(ValueError, match=r"1 class folders of .* are not ImageNet-1k synsets: \['n99999999'\]"):
+        make_loader(get_model("convmixer_64_4", num_classes=1000), str(not_imagenet), workers=0)
+
+
+def test_a_subset_of_synset_folders_needs_a_class_map_without_a_synset_list(tmp_path, monkeypatch):
+    import convmixer_kernels.evaluate as evaluate_module
+
+    monkeypatch.setattr(evaluate_module, "imagenet_synsets", lambda: None)
     data = synset_folder(tmp_path, ["n01440764", "n15075141"])
     model = get_model("convmixer_64_4", num_classes=1000)
     with pytest.raises(ValueError) as info:
         make_loader(model, str(data), workers=0)
     message = str(info.value)
     assert f"{data} has 2 class folders for a model with 1000 outputs" in message
-    assert "Pass --class-map FILE" in message and "LOC_synset_mapping.txt" in message
+    assert "Pass --class-map FILE" in message and "LOC_synset_mapping.txt" in message and "install timm" in message
 
     # A class map in the devkit's format: "synset name, name" a line, in output order.
     lines = [f"n{i:08d} class {i}" for i in range(1000)]
