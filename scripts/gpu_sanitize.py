@@ -6,8 +6,9 @@
 Every pass, eval and training with backward, on each kind of kernel: tensor cores (bf16
 k=7 NCHW with 16-byte staging, bf16 k=9 channels_last on 16x16 tiles), the wide 32x32
 tile every ConvMixer shape selects (34 x 8 channel groups = 272 blocks >= 2 x 132 SMs, see
-launch.cuh make_plan), CUDA cores with element-wise staging (f32 k=5, C % 4 != 0) and the
-generic k (f32 k=4). Small, because instrumentation slows kernels a hundredfold.
+launch.cuh make_plan), fp16 k=3, CUDA cores with element-wise staging (f32 k=5, C % 4 !=
+0) and the generic k (f32 k=4, bf16 k=2). Small, because instrumentation slows kernels a
+hundredfold. tests/test_cuda_gpu.py::test_compute_sanitizer runs this script too.
 """
 
 import torch
@@ -18,8 +19,10 @@ CASES = [  # (dtype, layout, n, c, h, w, k)
     (torch.bfloat16, "channels_last", 34, 64, 32, 32, 7),
     (torch.bfloat16, "nchw", 1, 16, 24, 40, 7),
     (torch.bfloat16, "channels_last", 1, 16, 16, 16, 9),
+    (torch.float16, "nchw", 2, 20, 12, 12, 3),
     (torch.float32, "channels_last", 1, 18, 20, 20, 5),
     (torch.float32, "nchw", 1, 10, 13, 13, 4),
+    (torch.bfloat16, "channels_last", 1, 12, 9, 9, 2),
 ]
 
 

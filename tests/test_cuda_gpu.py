@@ -12,7 +12,6 @@ import os
 import shutil
 import subprocess
 import sys
-import textwrap
 
 import pytest
 import torch
@@ -242,33 +241,9 @@ def test_cuda_graph_capture():
 
 # --------------------------------------------------------------------------- compute-sanitizer
 
-_SANITIZER_SCRIPT = textwrap.dedent("""
-    import torch
-    from convmixer_kernels import mixer_block
-
-    torch.manual_seed(0)
-    cases = [  # (dtype, layout, n, c, h, w, k): tensor-core, CUDA-core, generic, both tile shapes
-        (torch.bfloat16, "nchw", 1, 16, 24, 40, 7),
-        (torch.bfloat16, "channels_last", 1, 16, 24, 40, 9),
-        (torch.float16, "nchw", 2, 20, 12, 12, 3),
-        (torch.float32, "channels_last", 1, 18, 20, 20, 5),
-        (torch.float32, "nchw", 1, 10, 13, 13, 4),
-        (torch.bfloat16, "channels_last", 1, 12, 9, 9, 2),
-    ]
-    for dtype, layout, n, c, h, w, k in cases:
-        fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
-        x = torch.randn(n, c, h, w, device="cuda", dtype=dtype).contiguous(memory_format=fmt).requires_grad_()
-        wt = (torch.randn(c, 1, k, k, device="cuda", dtype=dtype) / k).requires_grad_()
-        b = torch.randn(c, device="cuda", dtype=dtype).requires_grad_()
-        g = torch.randn(c, device="cuda").requires_grad_()
-        beta = torch.randn(c, device="cuda").requires_grad_()
-        rm, rv = torch.zeros(c, device="cuda"), torch.ones(c, device="cuda")
-        for training in (False, True):
-            y = mixer_block(x, wt, b, g, beta, rm, rv, training=training, backend="cuda")
-            y.backward(torch.randn_like(y))
-    torch.cuda.synchronize()
-    print("sanitizer script done")
-""")
+# The same run gpu_check.sh sanitizes: every kind of kernel, the wide 32x32 tile included.
+_SANITIZER_SCRIPT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts",
+                                 "gpu_sanitize.py")
 
 
 def _sanitizer():
@@ -282,14 +257,12 @@ def _sanitizer():
 
 
 @pytest.mark.parametrize("tool", ("memcheck", "racecheck", "synccheck"))
-def test_compute_sanitizer(tool, tmp_path):
+def test_compute_sanitizer(tool):
     exe = _sanitizer()
     if exe is None:
         pytest.skip("compute-sanitizer not found")
-    script = tmp_path / "run_ops.py"
-    script.write_text(_SANITIZER_SCRIPT)
     env = dict(os.environ, PYTORCH_NO_CUDA_MEMORY_CACHING="1")  # let memcheck see each allocation's bounds
-    cmd = [exe, "--tool", tool, "--error-exitcode", "99", sys.executable, str(script)]
+    cmd = [exe, "--tool", tool, "--error-exitcode", "99", sys.executable, _SANITIZER_SCRIPT]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1800)
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0 and "sanitizer script done" in output, output[-6000:]
