@@ -6,8 +6,9 @@ Environment overrides:
                                    and a CUDA build of torch)
   CONVMIXER_KERNELS_SKIP_CUDA=1    never build the CUDA part
   CONVMIXER_KERNELS_CUDA_ARCHS     compute capabilities, ';'-separated (default "8.0;9.0")
-  CONVMIXER_KERNELS_CPU_LEVELS     the CPU capability levels to compile, ','-separated (default:
-                                   every level of CPU_LEVELS this machine's compiler accepts)
+  CONVMIXER_KERNELS_CPU_LEVELS     the CPU capability levels to compile besides the baseline,
+                                   ','-separated (default: every level of CPU_LEVELS on x86-64;
+                                   elsewhere only the baseline)
   CONVMIXER_KERNELS_CPU_ARCH       also compile a "custom" level with -march=<this> (e.g. native),
                                    chosen first where the running CPU has its instructions
   MAX_JOBS                         parallel compile jobs (read by torch's BuildExtension)
@@ -64,10 +65,10 @@ def cuda_arch_flags(archs):
     return flags
 
 
-# name -> compile flags. Every level is tuned for no particular CPU: a tuning flag must not
+# x86-64 capability level -> compile flags. Every level is tuned for no particular CPU: a tuning flag must not
 # change results, and GCC 12.2's -mtune=rocketlake (what -march=native gives on a Sapphire
 # Rapids Xeon) miscompiled a flag test in the bindings (see tests/test_cpu_capability.py).
-X86_LEVELS = {
+CPU_LEVELS = {
     "baseline": ["-march=x86-64", "-mtune=generic"],
     "avx2": ["-march=x86-64-v3", "-mtune=generic"],
     "avx512": ["-march=x86-64-v4", "-mtune=generic"],
@@ -79,7 +80,7 @@ CXX_FLAGS = ["-O3", "-std=c++20", "-fopenmp"]  # torch 2.13's headers need C++20
 def cpu_levels():
     """The (name, flags) of each capability level to compile, baseline first."""
     if platform.machine().lower() in ("x86_64", "amd64", "i386", "i686"):
-        levels = dict(X86_LEVELS)
+        levels = dict(CPU_LEVELS)
     else:
         levels = {"baseline": []}
     wanted = os.environ.get("CONVMIXER_KERNELS_CPU_LEVELS")
