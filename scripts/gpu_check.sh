@@ -27,7 +27,7 @@
 # GPU_CHECK_CLOCK (tests only): a file holding the time in seconds, read instead of the
 # wall clock, so tests/test_gpu_check.py can run the plumbing with stub commands.
 set -u
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 1
 ROOT=$PWD
 BUDGET=${GPU_CHECK_BUDGET:-480}
 OUTDIR=${GPU_CHECK_OUT:-${OUT:-/tmp/gpu_check_out}}
