@@ -131,12 +131,14 @@ def test_small_tiles_many_blocks_and_bands(small_tiles, layout):
 
 @_needs_interpreter
 @pytest.mark.parametrize("layout", ("nchw", "channels_last"))
-def test_large_kernel_splits_weight_gradient_into_groups(layout):
-    # k = 12 has more weight taps than a pass-3b program holds accumulators for, so the
-    # taps split into groups of rows (columns for NCHW), the last running past k - 1.
+@pytest.mark.parametrize("k", (9, 13))
+def test_large_kernel_splits_weight_gradient_into_groups(layout, k):
+    # k = 9 and 13 have more weight taps than a pass-3b program holds accumulators for, so
+    # the taps split into groups of rows (columns for NCHW), 5 + 5 for 9 rows and 4 x 4 for
+    # 13, the last group running past k - 1 (tuning.dw_group).
     # Frozen BN: pass 3b is the same, and M = 20 values per channel would leave the
     # batch-statistics gradients of the conv bias to rounding noise (see k = 1 above).
-    case = Case(n=1, c=2, h=4, w=5, k=12, layout=layout)
+    case = Case(n=1, c=2, h=4, w=5, k=k, layout=layout)
     check_backend(make_inputs(case), "triton", training=False)
 
 

@@ -240,7 +240,7 @@ def _backward_apply(prob, grad_out, x, bias, gamma, mean, var, eps, sums, count)
 
     dx = torch.empty_like(x)
     kernels.backward_dx.launch(prob.tile_grid(), dh, prob.w_flipped(), grad_out, dx, C, prob.H, prob.W, K=K)
-    group = min(K, tuning.DW_ACCUMULATORS // K)
+    group = tuning.dw_group(K)
     part = torch.empty((P, K * K, C), **f32)
     kernels.backward_dw.launch(prob.region_grid(triton.cdiv(K, group)), dh, x, part, *region_args, K=K, GROUP=group)
     dweight = _column_sum(part.view(P, K * K * C), torch.empty((C, 1, K, K), **f32), inner=C, outer=K * K)

@@ -125,8 +125,17 @@ NCHW_DW_CONFIGS = [
 ]
 NCHW_DW_DEFAULT = NCHW_DW_CONFIGS[0]
 
-# Weight-gradient accumulators a pass-3b program may hold: its group is
-# min(k, DW_ACCUMULATORS // k) tap rows (columns for NCHW), so up to k = 8 one program
+# Weight-gradient accumulators a pass-3b program may hold: a program takes a group of tap
+# rows (columns for NCHW) with group * k <= DW_ACCUMULATORS, so up to k = 8 one program
 # covers all k*k taps, k = 9 takes 2 groups and k = 31 16. More spill registers on sm_90
 # (ptxas), the shifted input loads of the unrolled group being live at once.
 DW_ACCUMULATORS = 64
+
+
+def dw_group(k: int) -> int:
+    """Tap rows per pass-3b program: the fewest programs the accumulator budget allows,
+    with the rows spread evenly over them. The last group's rows past k are masked work,
+    so min(k, 64 // k) = 7 rows at k = 9 would compute 14 rows for 9 (56% wasted); two
+    groups of 5 compute 10."""
+    groups = -(-k // max(1, min(k, DW_ACCUMULATORS // k)))
+    return -(-k // groups)
