@@ -107,7 +107,7 @@ class BuildExtensionWithCpuLevels(BuildExtension):
         with concurrent.futures.ThreadPoolExecutor(workers) as pool:
             pending = self._start_cpu_levels(pool)
             for ext in self.extensions:
-                ext.extra_objects = [obj for _, obj, _ in pending] + list(ext.extra_objects or [])
+                ext.extra_objects = [obj for _, obj, _, _ in pending] + list(ext.extra_objects or [])
             link = self.compiler.link_shared_object
 
             def link_after_levels(*args, **kwargs):
@@ -121,7 +121,7 @@ class BuildExtensionWithCpuLevels(BuildExtension):
                 self.compiler.link_shared_object = link
 
     def _start_cpu_levels(self, pool):
-        """[(level, object path, future or None where the object is up to date)]"""
+        """[(level, object path, future or None where the object is up to date, flags)]"""
         out_dir = os.path.join(self.build_temp, "cpu_levels")
         os.makedirs(out_dir, exist_ok=True)
         cxx = os.environ.get("CXX") or self.compiler.compiler_cxx[0]
@@ -138,7 +138,7 @@ class BuildExtensionWithCpuLevels(BuildExtension):
             obj = os.path.join(out_dir, f"mixer_block_cpu_{name}_{tag}.o")
             fresh = os.path.exists(obj) and os.path.getmtime(obj) > newest_input
             future = None if fresh else pool.submit(self._compile_level, name, cmd + ["-o", obj])
-            pending.append((name, obj, future))
+            pending.append((name, obj, future, flags))
         return pending
 
     @staticmethod
@@ -151,11 +151,9 @@ class BuildExtensionWithCpuLevels(BuildExtension):
 
     @staticmethod
     def _finish_cpu_levels(pending):
-        for name, _, future in pending:
+        for name, _, future, flags in pending:
             if future is not None:
-                seconds = future.result()
-                print(f"convmixer_kernels: CPU level {name} compiled in {seconds:.0f} s "
-                      f"({' '.join(dict(cpu_levels())[name])})")
+                print(f"convmixer_kernels: CPU level {name} compiled in {future.result():.0f} s ({' '.join(flags)})")
 
 
 def extension():

@@ -12,6 +12,7 @@ the accumulation dtype came out float32 and every float64 call failed with
 
 import contextlib
 import os
+import shutil
 import subprocess
 import sys
 
@@ -148,8 +149,6 @@ for training in (False, True):
 
 @pytest.mark.parametrize("cpu,level", (("Nehalem", "baseline"), ("Haswell", "avx2")))
 def test_runs_on_an_older_cpu_under_qemu(cpu, level, tmp_path):
-    import shutil
-
     qemu = shutil.which("qemu-x86_64")
     if qemu is None or os.uname().machine != "x86_64":
         pytest.skip("needs qemu-user (apt-get install qemu-user; .ci/run installs it)")

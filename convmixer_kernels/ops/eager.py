@@ -67,6 +67,9 @@ def activation_grad(h: Tensor, act_name: str) -> Tensor:
     raise ValueError(f"unknown activation {act_name!r}")
 
 
+_SHAPE = (1, -1, 1, 1)  # a per-channel vector against (N, C, H, W)
+
+
 def _recompute(x, weight, bias, mean, var, eps, act_name):
     """h = conv(x) + bias, xhat and rstd of the backward, in the accumulation dtype."""
     acc = _acc(x)
@@ -76,8 +79,6 @@ def _recompute(x, weight, bias, mean, var, eps, act_name):
     xhat = (activation(h, act_name) - mean.view(_SHAPE)) * rstd.view(_SHAPE)
     return h, xhat, rstd
 
-
-_SHAPE = (1, -1, 1, 1)
 
 
 def _sums(dy, xhat):

@@ -6,8 +6,9 @@ Passes (one launch each):
   training forward  stats -> merge_welford -> apply          (batch mean and biased variance)
   backward          [stats (pass 1) -> sum] -> dh (pass 2) -> sum -> dx (3a), dw (3b) -> sum
 Pass 1 runs only with batch statistics; with frozen BN pass 2 also reduces the sums
-for dgamma and dbeta. Synchronized BatchNorm (ops/sync.py) calls the statistics pass,
-pass 1 and passes 2-3 one by one (forward_stats, backward_sums, backward_with_sums). Passes 3a and 3b both read dh with its halo.
+for dgamma and dbeta. Passes 3a and 3b both read dh with its halo. Synchronized
+BatchNorm (ops/sync.py) calls the statistics pass, pass 1 and passes 2-3 one by one
+(forward_stats, backward_sums, backward_with_sums).
 Every reduction goes through per-region partials and reductions.py: no atomics, the
 same bits on every run with a fixed config.
 """
