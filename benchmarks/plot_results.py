@@ -13,12 +13,30 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from results_table import read_latest  # noqa: E402
 
 
-def plot(csv_path):
+def speedup_bars(labels, series, title, out, label_size=None):
+    """Saves a bar chart to `out`: one group of bars per label, one bar per series
+    (name -> a value per label), heights = speed-ups over the faster eager layout."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(labels) * len(series) / 3), 4))
+    width = 0.8 / max(1, len(series))
+    for i, (name, values) in enumerate(series.items()):
+        ax.bar([s + i * width for s in range(len(labels))], values, width, label=name)
+    ax.axhline(1.0, color="black", linewidth=0.8)
+    ax.set_xticks([s + 0.4 - width / 2 for s in range(len(labels))], labels, fontsize=label_size)
+    ax.set_ylabel("speed-up over the faster eager layout")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def plot(csv_path):
     rows = read_latest(csv_path)
     figures = OrderedDict()
     for r in rows:
@@ -32,24 +50,15 @@ def plot(csv_path):
             if r["backend"] == "eager":
                 key = f"{r['shape']} k{r['k']}"
                 eager_best[key] = min(eager_best.get(key, float("inf")), float(r["median_ms"]))
-        fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(shapes) * len(contenders) / 3), 4))
-        width = 0.8 / len(contenders)
-        for i, name in enumerate(contenders):
+        series = OrderedDict()
+        for name in contenders:
             values = []
             for shape in shapes:
                 match = [r for r in group if f"{r['backend']} {r['layout']}" == name and f"{r['shape']} k{r['k']}" == shape]
                 values.append(eager_best[shape] / float(match[0]["median_ms"]) if match else 0.0)
-            ax.bar([s + i * width for s in range(len(shapes))], values, width, label=name)
-        ax.axhline(1.0, color="black", linewidth=0.8)
-        ax.set_xticks([s + 0.4 - width / 2 for s in range(len(shapes))], shapes)
-        ax.set_ylabel("speed-up over the faster eager layout")
-        ax.set_title(f"mixer block {mode}, {dtype}: {group[0]['device']}", fontsize=9)
-        ax.legend(fontsize=7, ncol=2)
-        fig.tight_layout()
+            series[name] = values
         out = os.path.splitext(csv_path)[0] + f"_{mode}_{dtype}.png"
-        fig.savefig(out, dpi=110)
-        plt.close(fig)
-        written.append(out)
+        written.append(speedup_bars(shapes, series, f"mixer block {mode}, {dtype}: {group[0]['device']}", out))
     return written
 
 

@@ -25,11 +25,11 @@ def read_rows(path):
         return list(csv.DictReader(f))
 
 
-def append_rows(path, rows):
+def append_rows(path, rows, fields=FIELDS):
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     new = not os.path.exists(path)
     with open(path, "a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=FIELDS)
+        writer = csv.DictWriter(f, fieldnames=fields)
         if new:
             writer.writeheader()
         writer.writerows(rows)
