@@ -129,3 +129,20 @@ def plain_mixer_block(dim: int, kernel_size: int, activation_fn: str = "gelu") -
             nn.BatchNorm2d(dim),
         )
     )
+
+
+
+def gemm_epilogue_reference(x: Tensor, weight: Tensor, bias: Optional[Tensor], *bn_args, **bn_kwargs) -> Tensor:
+    """BN(act(x @ weight.T + bias)) for rows x (M, K), weight (N, K): BN's features are
+    the N columns, its batch the M rows. bn_args / bn_kwargs: normalized_activation's
+    (bn_weight, bn_bias, running_mean, running_var; training, momentum, eps, activation_fn)."""
+    return normalized_activation(F.linear(x, weight, bias), *bn_args, **bn_kwargs)
+
+
+def patch_conv_block_reference(x: Tensor, conv_weight: Tensor, conv_bias: Optional[Tensor], *bn_args,
+                               **bn_kwargs) -> Tensor:
+    """BatchNorm2d(act(Conv2d(C, O, p, stride=p)(x))) for a (O, C, p, p) conv_weight:
+    ConvMixer's stem, and with p = 1 its pointwise block Conv2d(h, h, 1) -> act -> BN.
+    bn_args / bn_kwargs as gemm_epilogue_reference's."""
+    h = F.conv2d(x, conv_weight, conv_bias, stride=conv_weight.shape[-1])
+    return normalized_activation(h, *bn_args, **bn_kwargs)
