@@ -5,6 +5,7 @@ exactly as the Residual blocks of the official code, timm and mmpretrain do, so 
 move between them unchanged and a swap only replaces the Residual wrapper.
 """
 
+import functools
 import itertools
 import warnings
 from typing import Optional, Sequence, Tuple, Union
@@ -12,7 +13,10 @@ from typing import Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor, nn
 
+from .batchnorm_mode import batchnorm_mode
+from .fused_sequential import FusedSequential, patch_triples, triple_kind
 from .ops import mixer_block
+from .ops.gemm_epilogue import gemm_backend_for
 from .reference import (
     ACTIVATIONS,
     MAX_KERNEL_SIZE,
@@ -83,16 +87,7 @@ class FusedMixerBlock(nn.Module):
         if reason is not None:
             raise RuntimeError(f"FusedMixerBlock: {reason}; the fused op computes the block without calling "
                                "its modules, so remove it or turn the block back with unswap_mixer_blocks")
-        # nn.BatchNorm2d.forward's rules, read from the BatchNorm itself (never from this
-        # block's own flag): frozen-BN fine-tuning puts fn[2] in eval inside a training
-        # model, BN re-estimation trains fn[2] inside an eval model.
-        momentum = 0.0 if bn.momentum is None else bn.momentum
-        counts_batch = bn.training and bn.track_running_stats and bn.num_batches_tracked is not None
-        if counts_batch and bn.momentum is None:
-            # The cumulative average over the batches so far, this one included.
-            momentum = 1.0 / float(bn.num_batches_tracked + 1)
-        batch_stats = bn.training or (bn.running_mean is None and bn.running_var is None)
-        use_running = not bn.training or bn.track_running_stats
+        mode = batchnorm_mode(bn)
         sync, group = self._sync_request(bn)
         y = mixer_block(
             x,
@@ -100,10 +95,10 @@ class FusedMixerBlock(nn.Module):
             conv.bias,
             bn.weight,
             bn.bias,
-            bn.running_mean if use_running else None,
-            bn.running_var if use_running else None,
-            training=batch_stats,
-            momentum=momentum,
+            bn.running_mean if mode.use_running else None,
+            bn.running_var if mode.use_running else None,
+            training=mode.batch_stats,
+            momentum=mode.momentum,
             eps=bn.eps,
             activation=self.activation,
             backend=self.backend,
@@ -111,9 +106,7 @@ class FusedMixerBlock(nn.Module):
             sync=sync and bn.training,
             process_group=group,
         )
-        # Counted after the call succeeded, so that a call that raises leaves no trace.
-        if counts_batch:
-            bn.num_batches_tracked.add_(1)
+        mode.count(bn)
         return y
 
     def _sync_request(self, bn: nn.Module):
@@ -199,26 +192,75 @@ def _is_residual_mixer(module: nn.Module) -> bool:
     )
 
 
-def swap_mixer_blocks(model: nn.Module, backend: str = "auto") -> int:
-    """Replaces, in place, every Residual(Conv2d depthwise 'same' -> act -> BatchNorm2d)
-    in `model` by a FusedMixerBlock sharing its modules; returns how many it swapped.
-    Parameters, buffers and state_dict keys are unchanged. A block whose modules carry
-    hooks or old-style reparametrizations (weight_norm, spectral_norm, pruning) is left
-    as it is, with a warning naming it and the hook: the fused op would not run them."""
-    swapped = 0
+class SwapCounts(int):
+    """How many blocks a swap changed, per kind. As an int: the mixer blocks (what
+    swap_mixer_blocks has always returned); .pointwise and .stem count the fused
+    Conv2d(stride = kernel) -> act -> BatchNorm2d runs, .by_kind has all three."""
+
+    def __new__(cls, mixer: int = 0, pointwise: int = 0, stem: int = 0):
+        counts = super().__new__(cls, mixer)
+        counts.mixer, counts.pointwise, counts.stem = mixer, pointwise, stem
+        return counts
+
+    @property
+    def by_kind(self) -> dict:
+        return {"mixer": self.mixer, "pointwise": self.pointwise, "stem": self.stem}
+
+    def __repr__(self) -> str:
+        return f"SwapCounts(mixer={self.mixer}, pointwise={self.pointwise}, stem={self.stem})"
+
+
+SWAP_KINDS = ("mixer", "pointwise", "stem")
+
+
+def swap_mixer_blocks(model: nn.Module, backend: str = "auto", kinds: Sequence[str] = SWAP_KINDS) -> SwapCounts:
+    """Replaces, in place, every block of `kinds` in `model` by its fused module, sharing
+    the modules (parameters, buffers and state_dict keys are unchanged); returns the
+    counts per kind (an int: the mixer blocks).
+
+    - "mixer": every Residual(Conv2d depthwise 'same' -> act -> BatchNorm2d) becomes a
+      FusedMixerBlock.
+    - "pointwise" / "stem": every nn.Sequential below `model` holding Conv2d(C, O, p,
+      stride=p) -> act -> BatchNorm2d runs (p = 1: the pointwise block; p > 1: the
+      stem) becomes a FusedSequential (fused_sequential.py), which runs them as one
+      gemm_epilogue op. `model` itself is not replaced, so the official code's flat
+      Sequential keeps its stem (its per-block Sequentials are swapped).
+
+    A block whose modules carry hooks or old-style reparametrizations (weight_norm,
+    spectral_norm, pruning) is left as it is, with a warning naming it and the hook: the
+    fused op would not run them."""
+    unknown = sorted(set(kinds) - set(SWAP_KINDS))
+    if unknown:
+        raise ValueError(f"swap_mixer_blocks: kinds must be among {SWAP_KINDS}, got {unknown}")
+    counts = dict.fromkeys(SWAP_KINDS, 0)
+
+    def hooked(path, fn, owner):
+        reason = hooks_reason(fn, owner=owner)
+        if reason is not None:
+            warnings.warn(f"swap_mixer_blocks: left {path!r} unswapped: {reason}, which the fused op "
+                          "would not run", UserWarning, stacklevel=3)
+        return reason is not None
+
+    # Mixer blocks first: a Sequential swapped afterwards shares the swapped children.
     for parent_name, parent in list(model.named_modules()):
         for child_name, child in list(parent.named_children()):
-            if not _is_residual_mixer(child):
+            path = f"{parent_name}.{child_name}" if parent_name else child_name
+            if "mixer" in kinds and _is_residual_mixer(child) and not hooked(path, child.fn, child):
+                setattr(parent, child_name, FusedMixerBlock.from_sequential(child.fn, backend))
+                counts["mixer"] += 1
+    for parent_name, parent in list(model.named_modules()):
+        for child_name, child in list(parent.named_children()):
+            if type(child) is not nn.Sequential:
                 continue
-            reason = hooks_reason(child.fn, owner=child)
-            if reason is not None:
-                path = f"{parent_name}.{child_name}" if parent_name else child_name
-                warnings.warn(f"swap_mixer_blocks: left {path!r} unswapped: {reason}, which the fused op "
-                              "would not run", UserWarning, stacklevel=2)
+            path = f"{parent_name}.{child_name}" if parent_name else child_name
+            runs = [i for i in patch_triples(child) if triple_kind(child[i]) in kinds
+                    and not hooked(f"{path}[{i}:{i + 3}]", nn.Sequential(*child[i:i + 3]), None)]
+            if len(runs) != len(patch_triples(child)) or not runs:
                 continue
-            setattr(parent, child_name, FusedMixerBlock.from_sequential(child.fn, backend))
-            swapped += 1
-    return swapped
+            setattr(parent, child_name, FusedSequential.from_sequential(child, gemm_backend_for(backend)))
+            for i in runs:
+                counts[triple_kind(child[i])] += 1
+    return SwapCounts(**counts)
 
 
 def convert_sync_batchnorm(model: nn.Module, process_group=None) -> nn.Module:
@@ -247,22 +289,37 @@ def convert_sync_batchnorm(model: nn.Module, process_group=None) -> nn.Module:
     return model
 
 
-def unswap_mixer_blocks(model: nn.Module) -> int:
-    """Turns every FusedMixerBlock in `model` back into a plain Residual(fn), in place (for
-    export or eager debugging); returns how many."""
-    restored = 0
+def unswap_mixer_blocks(model: nn.Module) -> SwapCounts:
+    """Turns every FusedMixerBlock in `model` back into a plain Residual(fn), and every
+    FusedSequential into an nn.Sequential of the same modules, in place (for export or
+    eager debugging); returns the counts per kind (an int: the mixer blocks)."""
+    counts = dict.fromkeys(SWAP_KINDS, 0)
+    # Mixer blocks first, while their parents are still the modules that the model holds.
     for parent in list(model.modules()):
         for child_name, child in list(parent.named_children()):
             if isinstance(child, FusedMixerBlock):
                 setattr(parent, child_name, Residual(child.fn))
-                restored += 1
-    return restored
+                counts["mixer"] += 1
+    for parent in list(model.modules()):
+        for child_name, child in list(parent.named_children()):
+            if isinstance(child, FusedSequential):
+                for kind in child.kinds():
+                    counts[kind] += 1
+                plain = nn.Sequential()
+                for name, module in child.named_children():
+                    plain.add_module(name, module)
+                setattr(parent, child_name, plain.train(child.training))
+    return SwapCounts(**counts)
 
 
 class ConvMixer(nn.Module):
     """ConvMixer (Trockman & Kolter, arXiv 2201.09792) with timm's state_dict keys:
     stem.0, stem.2, blocks.{i}.0.fn.0, blocks.{i}.0.fn.2, blocks.{i}.1, blocks.{i}.3, head.
 
+    fused=True runs every block kind through the library's ops: the mixer blocks as
+    FusedMixerBlock, the stem and the pointwise blocks as FusedSequential (one
+    gemm_epilogue op each; the trunk's maps are then channels_last). fused="mixer" fuses
+    only the mixer blocks (the model before the pointwise op, for comparison);
     fused=False builds the plain eager model (reference.Residual blocks).
 
     The API of both timm's ConvMixer and mmpretrain's classifier is here:
@@ -285,7 +342,7 @@ class ConvMixer(nn.Module):
         in_chans: int = 3,
         num_classes: int = 1000,
         activation: str = "gelu",
-        fused: bool = True,
+        fused: Union[bool, str] = True,
         backend: str = "auto",
         out_indices: Union[int, Sequence[int]] = -1,
         frozen_stages: int = 0,
@@ -306,7 +363,12 @@ class ConvMixer(nn.Module):
         self.grad_checkpointing = False
         # Preprocessing and provenance, set by models.get_model; None means ImageNet defaults.
         self.pretrained_cfg = None
-        self.stem = nn.Sequential(
+        if fused not in (True, False, "mixer"):
+            raise ValueError(f"ConvMixer: fused must be True, False or 'mixer', got {fused!r}")
+        # fused=True: the stem and the pointwise blocks run as gemm_epilogue ops too.
+        sequential = (functools.partial(FusedSequential, backend=gemm_backend_for(backend)) if fused is True
+                      else nn.Sequential)
+        self.stem = sequential(
             nn.Conv2d(in_chans, dim, kernel_size=patch_size, stride=patch_size),
             activation_module(activation),
             nn.BatchNorm2d(dim),
@@ -319,7 +381,7 @@ class ConvMixer(nn.Module):
 
         self.blocks = nn.Sequential(
             *[
-                nn.Sequential(
+                sequential(
                     mixer(),
                     nn.Conv2d(dim, dim, kernel_size=1),
                     activation_module(activation),

@@ -28,4 +28,4 @@ def test_bench_model_quick_cpu(tmp_path):
     table = open(tmp_path / "model.md").read()
     assert "| fused |" in table and "vs eager" in table and "Measured under: test run" in table
     profile = open(tmp_path / "model_profile.md").read()
-    assert "convmixer_kernels::mixer_block_eval" in profile
+    assert "convmixer_kernels::gemm_epilogue_eval" in profile and "convmixer_kernels::mixer_block_eval" in profile

@@ -145,9 +145,11 @@ def test_opcheck(training):
     x, w, b = torch.randn(11, 6), torch.randn(5, 6), torch.randn(5)
     g, be, rm, rv = torch.rand(5) + 0.5, torch.randn(5), torch.randn(5), torch.rand(5) + 0.5
     ops = torch.ops.convmixer_kernels
-    torch.library.opcheck(ops.gemm_epilogue_eval, (x, w, b, g, be, "gelu", "blocked"))
     inputs = [t.requires_grad_(True) for t in (x.clone(), w.clone(), b.clone(), g.clone(), be.clone())]
-    torch.library.opcheck(ops.gemm_epilogue_train, (*inputs, rm, rv, 1e-5, training, "relu", "blocked"))
+    if training:
+        torch.library.opcheck(ops.gemm_epilogue_train, (*inputs, 1e-5, "relu", "blocked"))
+    else:
+        torch.library.opcheck(ops.gemm_epilogue_eval, (*inputs, rm, rv, 1e-5, "gelu", "blocked"))
     torch.library.opcheck(ops.gemm_epilogue_backward,
                           (torch.randn(11, 5), x, w, torch.randn(11, 5), g, rm, rv, 1e-5, training, "silu", "blocked"))
 

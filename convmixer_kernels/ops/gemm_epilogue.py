@@ -5,12 +5,13 @@ act -> BatchNorm2d), whose convolutions are GEMMs over positions or patches
 
 Three custom ops, functional as torch.library requires for autograd (the running
 statistics are updated in `gemm_epilogue` after the forward, on C-length vectors):
-  convmixer_kernels::gemm_epilogue_eval      y                (no gradient: BN frozen)
-  convmixer_kernels::gemm_epilogue_train     (y, z, mean, var) (z = x @ W.T + b, for backward)
+  convmixer_kernels::gemm_epilogue_eval      y                 (BN frozen at the running stats)
+  convmixer_kernels::gemm_epilogue_train     (y, z, mean, var) (batch statistics; z = x @ W.T + b)
   convmixer_kernels::gemm_epilogue_backward  (dx, dw, db, dgamma, dbeta)
-Forward with gradients keeps z (one activation) where eager keeps three (the conv's
-input, the activation's input, BatchNorm's input); the backward recomputes act(z) and the
-normalized activation from z and the statistics.
+Training keeps x and z for backward where eager keeps three activations (the conv's
+input, the activation's input, BatchNorm's input); the backward recomputes act(z) and
+the normalized activation from z and the statistics. The eval op keeps nothing and its
+backward (frozen-BN fine-tuning) recomputes z with one more GEMM.
 
 Backends: "blocked" (ops/gemm_epilogue_blocked.py: torch's GEMM over row blocks with the
 epilogue in cache; any device) and "triton" (convmixer_kernels/triton/gemm_epilogue.py:
@@ -21,6 +22,7 @@ timed on a GPU.
 
 import contextlib
 import numbers
+import os
 from typing import Optional, Tuple
 
 import torch
@@ -54,42 +56,38 @@ def _resolve(name: str, x: Tensor) -> str:
     if name == "triton" and x.device.type != "cuda" and not _triton_interpreted():
         raise RuntimeError(f"gemm_epilogue: backend 'triton' runs on cuda tensors (or under TRITON_INTERPRET=1), "
                            f"x is on {x.device}")
+    if name == "triton" and x.dtype == torch.float64:
+        raise TypeError("gemm_epilogue: backend 'triton' takes float32, float16 or bfloat16 x, got float64")
     _backend(name)
     return name
 
 
 def _triton_interpreted() -> bool:
-    import os
     return os.environ.get("TRITON_INTERPRET") == "1"
 
 
 @torch.library.custom_op("convmixer_kernels::gemm_epilogue_eval", mutates_args=())
-def _gemm_epilogue_eval(x: Tensor, weight: Tensor, bias: Optional[Tensor], scale: Tensor, shift: Tensor,
+def _gemm_epilogue_eval(x: Tensor, weight: Tensor, bias: Optional[Tensor], gamma: Optional[Tensor],
+                        beta: Optional[Tensor], running_mean: Tensor, running_var: Tensor, eps: float,
                         activation: str, backend: str) -> Tensor:
+    scale, shift = blocked.affine(gamma, beta, running_mean, running_var, eps)
     return _backend(backend).forward_eval(x, weight, bias, scale, shift, activation)
 
 
 @_gemm_epilogue_eval.register_fake
-def _(x, weight, bias, scale, shift, activation, backend):
+def _(x, weight, bias, gamma, beta, running_mean, running_var, eps, activation, backend):
     return x.new_empty((x.shape[0], weight.shape[0]))
 
 
 @torch.library.custom_op("convmixer_kernels::gemm_epilogue_train", mutates_args=())
 def _gemm_epilogue_train(x: Tensor, weight: Tensor, bias: Optional[Tensor], gamma: Optional[Tensor],
-                         beta: Optional[Tensor], running_mean: Optional[Tensor], running_var: Optional[Tensor],
-                         eps: float, batch_stats: bool, activation: str,
+                         beta: Optional[Tensor], eps: float, activation: str,
                          backend: str) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
-    impl = _backend(backend)
-    if batch_stats:
-        return tuple(impl.forward_train(x, weight, bias, gamma, beta, eps, activation))
-    # Frozen BN with a gradient wanted: the eval epilogue, and z for the backward.
-    mean, var = running_mean.clone(), running_var.clone()
-    y, z = impl.forward_frozen(x, weight, bias, *blocked._affine(gamma, beta, mean, var, eps), activation)
-    return y, z, mean, var
+    return tuple(_backend(backend).forward_train(x, weight, bias, gamma, beta, eps, activation))
 
 
 @_gemm_epilogue_train.register_fake
-def _(x, weight, bias, gamma, beta, running_mean, running_var, eps, batch_stats, activation, backend):
+def _(x, weight, bias, gamma, beta, eps, activation, backend):
     out = x.new_empty((x.shape[0], weight.shape[0]))
     stats = x.new_empty((weight.shape[0],), dtype=blocked.acc_dtype(x.dtype))
     return out, torch.empty_like(out), stats, torch.empty_like(stats)
@@ -110,28 +108,50 @@ def _(grad, x, weight, z, gamma, mean, var, eps, batch_stats, activation, backen
             torch.empty_like(vec))
 
 
-def _setup_train(ctx, inputs, output):
-    x, weight, bias, gamma, beta, _, _, eps, batch_stats, activation, backend = inputs
-    _, z, mean, var = output
-    ctx.mark_non_differentiable(z, mean, var)
+def _save(ctx, x, weight, bias, gamma, beta, eps, activation, backend, batch_stats, z, mean, var):
     ctx.has_bias, ctx.has_gamma, ctx.has_beta = bias is not None, gamma is not None, beta is not None
     ctx.eps, ctx.batch_stats, ctx.activation, ctx.backend = eps, batch_stats, activation, backend
-    ctx.save_for_backward(x, weight, z, gamma, mean, var)
+    ctx.save_for_backward(x, weight, bias, z, gamma, mean, var)
 
 
-def _backward_train(ctx, grad_y, *unused):
+def _setup_train(ctx, inputs, output):
+    x, weight, bias, gamma, beta, eps, activation, backend = inputs
+    _, z, mean, var = output
+    ctx.mark_non_differentiable(z, mean, var)
+    _save(ctx, x, weight, bias, gamma, beta, eps, activation, backend, True, z, mean, var)
+
+
+def _setup_eval(ctx, inputs, output):
+    # Frozen BN (fine-tuning): z is recomputed in backward (one more GEMM), so inference
+    # keeps nothing and this rare mode pays the GEMM.
+    x, weight, bias, gamma, beta, running_mean, running_var, eps, activation, backend = inputs
+    _save(ctx, x, weight, bias, gamma, beta, eps, activation, backend, False, None, running_mean, running_var)
+
+
+def _backward(ctx, grad_y):
     refuse_double_backward(grad_y)
-    x, weight, z, gamma, mean, var = ctx.saved_tensors
+    x, weight, bias, z, gamma, mean, var = ctx.saved_tensors
+    if z is None:
+        z = torch.nn.functional.linear(x, weight, bias)
     dx, dw, db, dgamma, dbeta = torch.ops.convmixer_kernels.gemm_epilogue_backward(
         grad_y.contiguous(), x, weight, z, gamma if ctx.has_gamma else None, mean, var, ctx.eps,
         ctx.batch_stats, ctx.activation, ctx.backend)
     # gamma and beta reach the op in the accumulation dtype (autograd casts their
     # gradients back); the conv's bias has x's dtype.
     return (dx, dw, db.to(x.dtype) if ctx.has_bias else None, dgamma if ctx.has_gamma else None,
-            dbeta if ctx.has_beta else None, None, None, None, None, None, None)
+            dbeta if ctx.has_beta else None)
+
+
+def _backward_train(ctx, grad_y, *unused):
+    return (*_backward(ctx, grad_y), None, None, None)
+
+
+def _backward_eval(ctx, grad_y):
+    return (*_backward(ctx, grad_y), None, None, None, None, None)
 
 
 _gemm_epilogue_train.register_autograd(_backward_train, setup_context=_setup_train)
+_gemm_epilogue_eval.register_autograd(_backward_eval, setup_context=_setup_eval)
 
 
 def _check(x, weight, bias, vectors, momentum, eps, activation):
@@ -196,20 +216,18 @@ def gemm_epilogue(x: Tensor, weight: Tensor, bias: Optional[Tensor], bn_weight: 
     acc = blocked.acc_dtype(x.dtype)
     x, weight = x.contiguous(), weight.contiguous()
     gamma, beta = (t.to(acc).contiguous() if t is not None else None for t in (bn_weight, bn_bias))
-    wants_grad = torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad for t in (x, weight, bias, bn_weight, bn_bias))
     no_autocast = contextlib.nullcontext() if x.device.type == "meta" else torch.autocast(x.device.type,
                                                                                           enabled=False)
     with no_autocast:
-        if batch_stats or wants_grad:
-            stats = [t.to(acc).contiguous() if t is not None else None for t in (running_mean, running_var)]
+        if batch_stats:
             y, _, mean, var = torch.ops.convmixer_kernels.gemm_epilogue_train(
-                x, weight, bias, gamma, beta, *stats, eps, batch_stats, activation, name)
+                x, weight, bias, gamma, beta, eps, activation, name)
             if training and running_mean is not None:
                 _update_running_stats(running_mean, running_var, mean, var, momentum, x.shape[0])
             return y
-        scale, shift = blocked._affine(gamma, beta, running_mean.to(acc), running_var.to(acc), eps)
-        return torch.ops.convmixer_kernels.gemm_epilogue_eval(x, weight, bias, scale, shift, activation, name)
+        return torch.ops.convmixer_kernels.gemm_epilogue_eval(
+            x, weight, bias, gamma, beta, running_mean.to(acc).contiguous(), running_var.to(acc).contiguous(), eps,
+            activation, name)
 
 
 def patch_rows(x: Tensor, patch: int) -> Tensor:

@@ -57,30 +57,15 @@ def _gemm_block(x: Tensor, weight_t: Tensor, bias: Optional[Tensor], out: Tensor
 def forward_eval(x: Tensor, weight: Tensor, bias: Optional[Tensor], scale: Tensor, shift: Tensor,
                  activation: str) -> Tensor:
     """y = act(x @ weight.T + bias) * scale + shift (BN folded into scale and shift)."""
-    y = x.new_empty((x.shape[0], weight.shape[0]))
-    _frozen_blocks(x, weight, bias, scale, shift, activation, y, y)
-    return y
-
-
-def forward_frozen(x: Tensor, weight: Tensor, bias: Optional[Tensor], scale: Tensor, shift: Tensor,
-                   activation: str) -> Tuple[Tensor, Tensor]:
-    """(y, z): forward_eval's y, and z = x @ weight.T + bias kept for the backward."""
-    y = x.new_empty((x.shape[0], weight.shape[0]))
-    z = torch.empty_like(y)
-    _frozen_blocks(x, weight, bias, scale, shift, activation, y, z)
-    return y, z
-
-
-def _frozen_blocks(x, weight, bias, scale, shift, activation, y, z):
-    # The GEMM writes each block of z; where z is not y the epilogue works on a copy.
+    m, n = x.shape[0], weight.shape[0]
+    y = x.new_empty((m, n))
     weight_t, scale, shift = weight.t(), scale.to(x.dtype), shift.to(x.dtype)
-    rows = block_rows(x, weight.shape[0])
-    for r in range(0, x.shape[0], rows):
-        block = _gemm_block(x[r:r + rows], weight_t, bias, z[r:r + rows])
-        if z is not y:
-            block = y[r:r + rows].copy_(block)
+    rows = block_rows(x, n)
+    for r in range(0, m, rows):
+        block = _gemm_block(x[r:r + rows], weight_t, bias, y[r:r + rows])
         activation_(block, activation)
         torch.addcmul(shift, block, scale, out=block)
+    return y
 
 
 def _merge(count, mean, m2, n_b, mean_b, m2_b):
@@ -108,12 +93,12 @@ def forward_train(x: Tensor, weight: Tensor, bias: Optional[Tensor], gamma: Opti
         var_b, mean_b = torch.var_mean(ab.to(acc), dim=0, correction=0)
         count, mean, m2 = _merge(count, mean, m2, ab.shape[0], mean_b, var_b * ab.shape[0])
     var = m2 / count
-    scale, shift = _affine(gamma, beta, mean, var, eps)
+    scale, shift = affine(gamma, beta, mean, var, eps)
     torch.addcmul(shift.to(x.dtype), y, scale.to(x.dtype), out=y)
     return y, z, mean, var
 
 
-def _affine(gamma, beta, mean, var, eps):
+def affine(gamma, beta, mean, var, eps):
     """BN as y = a * scale + shift for the given statistics."""
     scale = torch.rsqrt(var + eps)
     if gamma is not None:
