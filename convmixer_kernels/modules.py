@@ -209,6 +209,12 @@ class SwapCounts(int):
     def __repr__(self) -> str:
         return f"SwapCounts(mixer={self.mixer}, pointwise={self.pointwise}, stem={self.stem})"
 
+    def __str__(self) -> str:
+        # Printed and formatted as the number it has always been.
+        return str(self.mixer)
+
+    __format__ = int.__format__
+
 
 SWAP_KINDS = ("mixer", "pointwise", "stem")
 

@@ -1,6 +1,7 @@
 """The "blocked" backend of gemm_epilogue: torch's GEMM (MKL/oneDNN on a CPU, cuBLAS on a
-GPU) over blocks of rows, each block's epilogue (bias inside the GEMM, activation, BN
-affine or statistics) run while the block is still in cache.
+GPU). In eval over blocks of rows, each block's epilogue (bias inside the GEMM,
+activation, BN affine) run while the block is still in cache; in training one GEMM and
+ATen's batch-norm kernels over the activation.
 
 Why this and not one big GEMM followed by elementwise passes, or eager's three modules:
 measured on this 2-core Sapphire Rapids (one thread, M = 8192 rows, 768 -> 768, GELU,
@@ -17,6 +18,8 @@ from typing import Optional, Tuple
 
 import torch
 from torch import Tensor
+
+from ..reference import activation as act
 
 BLOCK_BYTES = 3 << 20
 MIN_BLOCK_ROWS = 256
@@ -68,34 +71,20 @@ def forward_eval(x: Tensor, weight: Tensor, bias: Optional[Tensor], scale: Tenso
     return y
 
 
-def _merge(count, mean, m2, n_b, mean_b, m2_b):
-    # Chan et al.'s pairwise merge of (count, mean, M2): no sum-of-squares cancellation.
-    total = count + n_b
-    delta = mean_b - mean
-    return total, mean + delta * (n_b / total), m2 + m2_b + delta * delta * (count * n_b / total)
-
-
 def forward_train(x: Tensor, weight: Tensor, bias: Optional[Tensor], gamma: Optional[Tensor],
                   beta: Optional[Tensor], eps: float, activation: str) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     """(y, z, mean, var): z = x @ weight.T + bias (kept for backward), the batch mean and
-    biased variance of act(z) per column, and y = BN(act(z)). The statistics come from
-    each block's partials while it is in cache, merged in row order (deterministic)."""
-    m, n = x.shape[0], weight.shape[0]
+    biased variance of act(z) per column, and y = BN(act(z)).
+
+    The statistics and the normalization are ATen's batch-norm kernel over act(z): it
+    measured 4x faster here than per-block torch reductions (torch.var_mean over rows
+    took 16% of a small ConvMixer's training step, eager's whole BatchNorm 4%)."""
+    z = _gemm_block(x, weight.t(), bias, x.new_empty((x.shape[0], weight.shape[0])))
+    y, mean, invstd = torch.ops.aten.native_batch_norm(act(z, activation), gamma, beta, None, None,
+                                                        True, 0.0, eps)
     acc = acc_dtype(x.dtype)
-    z = x.new_empty((m, n))
-    y = x.new_empty((m, n))
-    weight_t = weight.t()
-    count, mean, m2 = 0, torch.zeros(n, dtype=acc, device=x.device), torch.zeros(n, dtype=acc, device=x.device)
-    rows = block_rows(x, n)
-    for r in range(0, m, rows):
-        zb = _gemm_block(x[r:r + rows], weight_t, bias, z[r:r + rows])
-        ab = activation_(y[r:r + rows].copy_(zb), activation)
-        var_b, mean_b = torch.var_mean(ab.to(acc), dim=0, correction=0)
-        count, mean, m2 = _merge(count, mean, m2, ab.shape[0], mean_b, var_b * ab.shape[0])
-    var = m2 / count
-    scale, shift = affine(gamma, beta, mean, var, eps)
-    torch.addcmul(shift.to(x.dtype), y, scale.to(x.dtype), out=y)
-    return y, z, mean, var
+    mean, invstd = mean.to(acc), invstd.to(acc)
+    return y, z, mean, invstd.pow(-2) - eps
 
 
 def affine(gamma, beta, mean, var, eps):
@@ -111,33 +100,15 @@ def affine(gamma, beta, mean, var, eps):
 
 def backward(grad: Tensor, x: Tensor, weight: Tensor, z: Tensor, gamma: Optional[Tensor], mean: Tensor,
              var: Tensor, eps: float, batch_stats: bool, activation: str):
-    """(dx, dweight, dbias, dgamma, dbeta). With xhat = (act(z) - mean) * rstd, M rows:
-    pass 1 (blocks) reduces dbeta = sum(dy), dgamma = sum(dy * xhat); pass 2 (blocks)
-    writes dz = act'(z) * gamma * rstd * (dy - dbeta/M - xhat * dgamma/M) (batch
-    statistics) or act'(z) * gamma * rstd * dy (frozen BN); then two GEMMs, dx = dz @ W
-    and dW = dz.T @ x, and dbias = sum(dz)."""
-    m, n = z.shape
+    """(dx, dweight, dbias, dgamma, dbeta): act(z) recomputed from z; BatchNorm's backward
+    (ATen's kernel: dgamma = sum(dy * xhat), dbeta = sum(dy) and da, with or without the
+    batch statistics' terms); dz = act'(z) * da; then two GEMMs, dx = dz @ W and
+    dW = dz.T @ x, and dbias = sum(dz)."""
+    a = act(z, activation)
+    g = gamma if gamma is not None else torch.ones_like(mean)
+    stats = (None, None, mean, torch.rsqrt(var + eps)) if batch_stats else (mean, var, None, None)
+    da, dgamma, dbeta = torch.ops.aten.native_batch_norm_backward(grad, a, g, *stats, batch_stats, eps,
+                                                                  [True, True, True])
+    dz = activation_backward(da, z, activation)
     acc = acc_dtype(x.dtype)
-    rstd = torch.rsqrt(var + eps)
-    g_rstd = rstd * gamma if gamma is not None else rstd
-    rows = block_rows(z, n)
-    sum_dy = torch.zeros(n, dtype=acc, device=x.device)
-    sum_dy_xhat = torch.zeros(n, dtype=acc, device=x.device)
-    for r in range(0, m, rows):
-        dyb = grad[r:r + rows].to(acc)
-        xhat = (activation_(z[r:r + rows].to(acc, copy=True), activation) - mean) * rstd
-        sum_dy += dyb.sum(0)
-        sum_dy_xhat += (dyb * xhat).sum(0)
-    dz = torch.empty_like(z)
-    for r in range(0, m, rows):
-        dyb = grad[r:r + rows].to(acc)
-        if batch_stats:
-            xhat = (activation_(z[r:r + rows].to(acc, copy=True), activation) - mean) * rstd
-            da = (dyb - sum_dy / m - xhat * (sum_dy_xhat / m)) * g_rstd
-        else:
-            da = dyb * g_rstd
-        dz[r:r + rows] = activation_backward(da.to(z.dtype), z[r:r + rows], activation)
-    dx = torch.mm(dz, weight)
-    dweight = torch.mm(dz.t(), x)
-    dbias = dz.sum(0, dtype=acc)
-    return dx, dweight, dbias, sum_dy_xhat, sum_dy
+    return torch.mm(dz, weight), torch.mm(dz.t(), x), dz.sum(0, dtype=acc), dgamma.to(acc), dbeta.to(acc)
