@@ -170,15 +170,18 @@ def run_model(args, device, timer, name, dtype_name, mode, profiles):
 
 
 def write_profiles(path, profiles, device):
-    lines = [f"# ConvMixer step profile: {device_name(device)}", "",
-             "Share of one step's self time per op (torch.profiler, "
-             + ("device" if device.type == "cuda" else "CPU") + " time), the 12 largest.", ""]
+    """Appends one table per profiled (model, mode, dtype, contender) to path, so that
+    runs of different models add to one file."""
+    lines = [] if os.path.exists(path) else [
+        f"# ConvMixer step profile: {device_name(device)}", "",
+        "Share of one step's self time per op (torch.profiler, "
+        + ("device" if device.type == "cuda" else "CPU") + " time), the 12 largest.", ""]
     for (name, mode, dtype_name, contender), ops in profiles.items():
         lines += [f"## {name}, {mode}, {dtype_name}, {contender}", "", "| op | share | ms |", "|---|---|---|"]
         lines += [f"| `{op}` | {share:.1%} | {ms:.2f} |" for op, share, ms in ops]
         lines.append("")
-    with open(path, "w") as f:
-        f.write("\n".join(lines))
+    with open(path, "a") as f:
+        f.write("\n".join(lines) + "\n")
 
 
 def main(argv=None):
@@ -243,7 +246,7 @@ def main(argv=None):
     if profiles:
         path = os.path.splitext(out)[0] + "_profile.md"
         write_profiles(path, profiles, device)
-        print(f"wrote the profile {path}")
+        print(f"added to the profile {path}")
 
 
 if __name__ == "__main__":
