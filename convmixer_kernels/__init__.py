@@ -2,6 +2,7 @@
 
     import convmixer_kernels as cmk
     y = cmk.mixer_block(x, w, b, gamma, beta, running_mean, running_var, training=False)
+    y = cmk.patch_conv_block(x, w, b, gamma, beta, rm, rv, training=False)   # Conv2d(stride=kernel)->act->BN
     block = cmk.FusedMixerBlock(dim=768, kernel_size=7, activation="relu")
     n = cmk.swap_mixer_blocks(model)          # a timm / mmpretrain / official ConvMixer
     model = cmk.convert_sync_batchnorm(model) # synchronized BN under DistributedDataParallel
@@ -14,7 +15,8 @@ import importlib
 
 from ._extension import cpu_capabilities, cpu_capability
 from .modules import ConvMixer, FusedMixerBlock, convert_sync_batchnorm, swap_mixer_blocks, unswap_mixer_blocks
-from .ops import available_backends, mixer_block, unavailable_backends
+from .fused_sequential import FusedSequential
+from .ops import available_backends, gemm_epilogue, mixer_block, patch_conv_block, unavailable_backends
 
 __version__ = "0.1.0"
 
@@ -43,11 +45,14 @@ def __getattr__(name):
 __all__ = [
     "ConvMixer",
     "FusedMixerBlock",
+    "FusedSequential",
     "available_backends",
     "convert_sync_batchnorm",
     "cpu_capabilities",
     "cpu_capability",
+    "gemm_epilogue",
     "mixer_block",
+    "patch_conv_block",
     "swap_mixer_blocks",
     "unavailable_backends",
     "unswap_mixer_blocks",
