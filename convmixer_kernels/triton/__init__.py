@@ -10,4 +10,5 @@ kernels run under TRITON_INTERPRET=1, which must be set before triton is importe
   reductions.py              deterministic merges of per-region partials
   tuning.py                  config sets, defaults, the autotune switch
   backend.py                 launchers behind the backend interface
+  gemm_epilogue.py           gemm_epilogue's matmul with the epilogue in its last pass (pointwise, stem)
 """
