@@ -22,6 +22,15 @@ import triton
 AUTOTUNE_ENV = "CONVMIXER_KERNELS_TRITON_AUTOTUNE"
 
 
+# "0" runs float16 and bfloat16 on the CUDA-core kernels too (for comparing the two on a
+# GPU); the tensor-core ones are the default.
+TENSOR_CORES_ENV = "CONVMIXER_KERNELS_TRITON_TENSOR_CORES"
+
+
+def tensor_cores_enabled() -> bool:
+    return os.environ.get(TENSOR_CORES_ENV, "1") != "0"
+
+
 def autotune_enabled() -> bool:
     return (
         os.environ.get(AUTOTUNE_ENV, "1") != "0"
@@ -38,6 +47,8 @@ def _prune(configs: List[triton.Config], named_args: Dict, **kwargs) -> List[tri
     # Drop tiles that overhang the problem by more than twice (C = 8, or a 7 x 7 image,
     # would mostly compute masked-off lanes); keep the smallest if none fits.
     limits = {"BLOCK_C": named_args["C"], "BLOCK_H": named_args["H"], "BLOCK_W": named_args["W"]}
+    if "N" in named_args:  # the tensor-core kernels stack the rows of all images
+        limits["BLOCK_M"] = named_args["N"] * named_args["H"]
 
     def fits(cfg):
         return all(cfg.kwargs[name] <= 2 * triton.next_power_of_2(limit) for name, limit in limits.items()
@@ -139,3 +150,43 @@ def dw_group(k: int) -> int:
     groups of 5 compute 10."""
     groups = -(-k // max(1, min(k, DW_ACCUMULATORS // k)))
     return -(-k // groups)
+
+# Tensor-core apply (banded_nchw.py, banded_channels_last.py): BLOCK_M rows of the
+# flattened (image, row) axis x BAND_W columns (x BLOCK_C channels), one tl.dot a kernel
+# row over a segment of band_segment(k) input columns, as many MACs an output. A narrow
+# BAND_W = 16 spends the fewest (32 a kernel row for k <= 17; 32 columns would take 64)
+# and moves as many shared-memory bytes an output as any wider one (Triton stages each
+# operand there); tl.dot needs every dimension a power of two >= 16.
+BAND_W = 16
+
+# The defaults for k <= 17 stack the most rows that 128 registers hold at 8 warps (sm_80
+# and sm_90; 127-128 at k = 7 and 9): the band, gathered from the k taps for every kernel
+# row, serves BLOCK_M rows. Above k = 17 the segment doubles to 64 columns and the smaller
+# tiles keep the operands in registers.
+BANDED_NCHW_CONFIGS = [
+    _config(8, BLOCK_M=128),
+    _config(4, BLOCK_M=32),
+    _config(4, BLOCK_M=64),
+    _config(8, BLOCK_M=64),
+    _config(2, BLOCK_M=32),
+]
+
+BANDED_CL_CONFIGS = [
+    _config(8, BLOCK_C=2, BLOCK_M=64),
+    _config(4, BLOCK_C=2, BLOCK_M=16),
+    _config(4, BLOCK_C=2, BLOCK_M=32),
+    _config(4, BLOCK_C=4, BLOCK_M=16),
+]
+
+
+def banded_nchw_default(k: int) -> triton.Config:
+    return BANDED_NCHW_CONFIGS[0] if k <= 17 else BANDED_NCHW_CONFIGS[1]
+
+
+def banded_cl_default(k: int) -> triton.Config:
+    return BANDED_CL_CONFIGS[0] if k <= 17 else BANDED_CL_CONFIGS[1]
+
+
+def band_segment(k: int) -> int:
+    """Input columns of a kernel row's product: BAND_W + k - 1 rounded up to a power of two."""
+    return triton.next_power_of_2(BAND_W + k - 1)
