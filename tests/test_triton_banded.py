@@ -55,6 +55,21 @@ def test_tensor_cores_take_16_bit_inputs_only(monkeypatch, switch):
 
 
 @_cpu_only
+def test_interpreter_refuses_bfloat16_tensor_cores(monkeypatch):
+    from convmixer_kernels.triton import backend, tuning
+
+    cpu = torch.device("cpu")
+    assert "bfloat16" in backend.why_unavailable(cpu, torch.bfloat16)
+    assert backend.why_unavailable(cpu, torch.float16) is None
+    x = torch.randn(1, 2, 5, 5, dtype=torch.bfloat16)
+    with pytest.raises(RuntimeError, match=tuning.TENSOR_CORES_ENV):
+        cmk.mixer_block(x, torch.randn(2, 1, 3, 3, dtype=torch.bfloat16), None, None, None, torch.zeros(2),
+                        torch.ones(2), training=False, backend="triton")
+    monkeypatch.setenv(tuning.TENSOR_CORES_ENV, "0")
+    assert backend.why_unavailable(cpu, torch.bfloat16) is None
+
+
+@_cpu_only
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("k", (1, 2, 7, 8))
 def test_eval_float16(k, layout):

@@ -74,6 +74,10 @@ def why_unavailable(device: torch.device, dtype: torch.dtype) -> Optional[str]:
         return None if torch.cuda.is_available() else "no CUDA device is available"
     if device.type == "cpu":
         if os.environ.get("TRITON_INTERPRET") == "1":
+            if dtype == torch.bfloat16 and tuning.tensor_cores_enabled():
+                # numpy has no bfloat16: the interpreter's tl.dot multiplies the raw bits.
+                return (f"the Triton interpreter cannot run the bfloat16 tensor-core kernels (set "
+                        f"{tuning.TENSOR_CORES_ENV}=0 for the CUDA-core ones)")
             return None
         return "the triton backend runs on CUDA tensors (on CPU only under TRITON_INTERPRET=1)"
     return f"the triton backend runs on CUDA tensors, not {device.type}"
