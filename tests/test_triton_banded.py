@@ -170,3 +170,36 @@ def test_gpu_key_shapes_bfloat16_deterministic(c, k, layout):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_gpu_nan_and_inf_reach_only_their_windows(layout, dtype):
     _assert_nan_inf_as_eager(layout, "cuda", dtype, 5)
+
+
+def test_autotune_keeps_the_configs_within_the_resource_budget(monkeypatch):
+    # On a GPU the tensor-core kernels' autotuner compiles each config first and times
+    # only those within the budget (tuning._prune); here the compile is a stand-in that
+    # reports registers and spills per config, and the tensors pass for CUDA ones.
+    from types import SimpleNamespace
+
+    from convmixer_kernels.triton import tuning
+
+    configs = [tuning._config(4, BLOCK_M=32), tuning._config(8, BLOCK_M=64), tuning._config(4, BLOCK_M=64),
+               tuning._config(8, BLOCK_M=128)]
+    compiled = {32: (96, 0), 64: (168, 0), 128: (120, 8)}  # BLOCK_M -> (registers, spills)
+
+    class Kernel:
+        def warmup(self, *, grid, BLOCK_M, num_warps, **kwargs):
+            regs, spills = compiled[BLOCK_M]
+            return SimpleNamespace(n_regs=regs, n_spills=spills, metadata=SimpleNamespace(shared=4096),
+                                   _init_handles=lambda: None)
+
+    monkeypatch.setattr(tuning, "_device", lambda named_args: torch.device("cuda", 0))
+    monkeypatch.setattr(tuning, "_shared_per_sm", lambda device: tuning.SHARED_PER_SM[90])
+    named = {"x_ptr": torch.empty(1), "N": 128, "C": 768, "H": 32, "W": 32}
+    kept = tuning._prune(Kernel(), configs, named, K=7)
+    # 168 registers leave 8 resident warps at 8 a CTA and 12 at 4; 128 rows spill; 96
+    # registers at 4 warps leave 20.
+    assert [(c.kwargs["BLOCK_M"], c.num_warps) for c in kept] == [(32, 4)]
+    assert tuning.resident_warps(128, 8, 9216, tuning.SHARED_PER_SM[90]) == 16
+    assert tuning.resident_warps(129, 4, 0, tuning.SHARED_PER_SM[80]) == 12
+    # Without a budget (the CUDA-core kernels), or when nothing fits it, the configs stay.
+    assert tuning._prune(None, configs, named, K=7) == configs
+    compiled.update({32: (200, 0)})
+    assert tuning._prune(Kernel(), configs, named, K=7) == configs

@@ -44,7 +44,7 @@ _KERNELS = {
         backward_dx=tuning.Tunable(cl.backward_dx, tuning.CL_TILE_CONFIGS, tuning.cl_tile_default),
         backward_dw=tuning.Tunable(cl.backward_dw, tuning.CL_DW_CONFIGS, tuning.CL_DW_DEFAULT),
         banded_apply=tuning.Tunable(banded_channels_last.forward_apply, tuning.BANDED_CL_CONFIGS,
-                                    tuning.banded_cl_default),
+                                    tuning.banded_cl_default, budget=True),
     ),
     "nchw": SimpleNamespace(
         apply=tuning.Tunable(nchw.forward_apply, tuning.NCHW_TILE_CONFIGS, tuning.NCHW_TILE_DEFAULT),
@@ -54,7 +54,7 @@ _KERNELS = {
         backward_dx=tuning.Tunable(nchw.backward_dx, tuning.NCHW_TILE_CONFIGS, tuning.NCHW_TILE_DEFAULT),
         backward_dw=tuning.Tunable(nchw.backward_dw, tuning.NCHW_DW_CONFIGS, tuning.NCHW_DW_DEFAULT),
         banded_apply=tuning.Tunable(banded_nchw.forward_apply, tuning.BANDED_NCHW_CONFIGS,
-                                    tuning.banded_nchw_default),
+                                    tuning.banded_nchw_default, budget=True),
     ),
 }
 

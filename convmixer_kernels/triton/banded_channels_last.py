@@ -3,12 +3,12 @@ bfloat16 tensors: the depthwise convolution as banded matrix products, batched o
 channels.
 
 The math is banded_nchw.py's (see there): per kernel row i, the input row segments, SEG
-columns, times the band T_i of each channel. Here a program owns BLOCK_C contiguous channels of BLOCK_M rows of the flattened
-(image, row) axis and BLOCK_W columns, and each product is a 3-D tl.dot,
-[BLOCK_C, BLOCK_M, n] x [BLOCK_C, n, BLOCK_W], the channel as its batch axis. Loads run
-along the channels (contiguous in memory); the weights arrive tap-major [k*k, C] in x's
-dtype, so a tap's BLOCK_C weights are contiguous too. A tile whose accumulator is not
-finite is recomputed exactly on CUDA cores, as in banded_nchw.py.
+columns, times the band T_i of each channel. Here a program owns BLOCK_C contiguous
+channels of BLOCK_M rows of the flattened (image, row) axis and BLOCK_W columns, and each
+product is a 3-D tl.dot, [BLOCK_C, BLOCK_M, SEG] x [BLOCK_C, SEG, BLOCK_W], the channel as
+its batch axis. Loads run along the channels (contiguous in memory); the weights arrive
+tap-major [k*k, C] in x's dtype, so a tap's BLOCK_C weights are contiguous too. A tile
+whose accumulator is not finite is recomputed exactly on CUDA cores, as in banded_nchw.py.
 """
 
 import triton

@@ -172,36 +172,20 @@ class Report:
     tensor_core_ops: int  # mma.sync and wgmma.mma_async instructions in the PTX
 
     def resident_warps(self) -> int:
-        """Warps of this kernel an SM holds at once (registers, shared memory, the 32-CTA
-        and 64-warp limits of sm_80 and sm_90)."""
-        warps = self.launch.num_warps
-        per_warp = -(-max(self.registers, 1) * 32 // _REG_GRANULE) * _REG_GRANULE
-        ctas = min(_REGS_PER_SM // (per_warp * warps), _MAX_CTAS,
-                   _SHARED_PER_SM.get(self.arch, min(_SHARED_PER_SM.values())) // (self.shared_bytes + _CTA_SHARED))
-        return min(ctas * warps, _MAX_WARPS)
+        """Warps of this kernel an SM of the target holds at once (tuning.resident_warps)."""
+        return tuning.resident_warps(self.registers, self.launch.num_warps, self.shared_bytes,
+                                     tuning.SHARED_PER_SM.get(self.arch, min(tuning.SHARED_PER_SM.values())))
 
     def over_budget(self) -> List[str]:
         """What of the resource budget (module docstring) this kernel misses."""
         missing = []
         if self.spill_stores or self.spill_loads:
             missing.append("spills")
-        if self.resident_warps() < MIN_RESIDENT_WARPS:
-            missing.append(f"{self.resident_warps()} resident warps < {MIN_RESIDENT_WARPS}")
+        if self.resident_warps() < tuning.MIN_RESIDENT_WARPS:
+            missing.append(f"{self.resident_warps()} resident warps < {tuning.MIN_RESIDENT_WARPS}")
         if self.launch.fn.fn.__module__.rsplit(".", 1)[-1].startswith("banded_") and not self.tensor_core_ops:
             missing.append("no mma/wgmma")
         return missing
-
-
-# Per-SM limits of sm_80 and sm_90 (CUDA C++ Programming Guide, compute capabilities
-# table): 64K 32-bit registers allocated per warp in units of 256, at most 32 CTAs and 64
-# warps, 164 KB (sm_80) and 228 KB (sm_90) of shared memory, 1 KB of it reserved per CTA.
-_REGS_PER_SM = 65536
-_REG_GRANULE = 256
-_MAX_CTAS = 32
-_MAX_WARPS = 64
-_SHARED_PER_SM = {80: 164 * 1024, 90: 228 * 1024}
-_CTA_SHARED = 1024
-MIN_RESIDENT_WARPS = 16
 
 
 def _ptxas(arch: int) -> str:
