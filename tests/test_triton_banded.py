@@ -1,6 +1,6 @@
 """The Triton tensor-core kernels (triton/banded_*.py: the depthwise conv as tl.dot on the
-banded row matrix), which float16 and bfloat16 take in the apply pass (eval forward and
-the training forward's second pass).
+banded row matrix), which float16 and bfloat16 take in the forward passes (the eval
+forward, the training statistics and apply passes).
 
 On a CPU machine they run under TRITON_INTERPRET=1 in float16 only: the interpreter's
 tl.dot multiplies bfloat16 operands as their raw uint16 bit patterns, and it rounds
@@ -90,9 +90,11 @@ def test_eval_float16_kernel_sizes(k, layout):
 
 @_cpu_only
 @pytest.mark.parametrize("layout", LAYOUTS)
-def test_training_apply_float16(layout):
-    # The training forward's second pass is the same kernel with batch statistics.
-    case = Case(n=2, c=3, h=7, w=9, k=3, dtype=torch.float16, layout=layout)
+@pytest.mark.parametrize("n,c,h", ((2, 3, 7), (1, 5, 20)), ids=("one_band", "four_bands"))
+def test_training_forward_float16(layout, n, c, h):
+    # Both training passes: the statistics one, over regions of one image (H = 20 on one
+    # image splits into 4 bands of 5 rows, each a masked 16-row tile), and the apply one.
+    case = Case(n=n, c=c, h=h, w=9, k=3, dtype=torch.float16, layout=layout)
     check_backend(make_inputs(case), "triton", training=True, grads=False)
 
 

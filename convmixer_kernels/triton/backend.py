@@ -3,9 +3,9 @@ of the kernels in this package.
 
 Passes (one launch each):
   eval forward      apply                                   (BN folded to a per-channel affine)
-float16 and bfloat16 run the apply pass on tensor cores (banded_*.py; CUDA cores with
-CONVMIXER_KERNELS_TRITON_TENSOR_CORES=0), float32 on CUDA cores; the other passes run on
-CUDA cores for every dtype.
+float16 and bfloat16 run the forward passes (apply, stats) on tensor cores (banded_*.py;
+CUDA cores with CONVMIXER_KERNELS_TRITON_TENSOR_CORES=0), float32 on CUDA cores; the
+backward passes run on CUDA cores for every dtype.
   training forward  stats -> merge_welford -> apply          (batch mean and biased variance)
   backward          [stats (pass 1) -> sum] -> dh (pass 2) -> sum -> dx (3a), dw (3b) -> sum
 Pass 1 runs only with batch statistics; with frozen BN pass 2 also reduces the sums
@@ -45,6 +45,8 @@ _KERNELS = {
         backward_dw=tuning.Tunable(cl.backward_dw, tuning.CL_DW_CONFIGS, tuning.CL_DW_DEFAULT),
         banded_apply=tuning.Tunable(banded_channels_last.forward_apply, tuning.BANDED_CL_CONFIGS,
                                     tuning.banded_cl_default, budget=True),
+        banded_stats=tuning.Tunable(banded_channels_last.forward_stats, tuning.BANDED_STATS_CL_CONFIGS,
+                                    tuning.BANDED_STATS_CL_CONFIGS[0], budget=True),
     ),
     "nchw": SimpleNamespace(
         apply=tuning.Tunable(nchw.forward_apply, tuning.NCHW_TILE_CONFIGS, tuning.NCHW_TILE_DEFAULT),
@@ -55,6 +57,8 @@ _KERNELS = {
         backward_dw=tuning.Tunable(nchw.backward_dw, tuning.NCHW_DW_CONFIGS, tuning.NCHW_DW_DEFAULT),
         banded_apply=tuning.Tunable(banded_nchw.forward_apply, tuning.BANDED_NCHW_CONFIGS,
                                     tuning.banded_nchw_default, budget=True),
+        banded_stats=tuning.Tunable(banded_nchw.forward_stats, tuning.BANDED_STATS_NCHW_CONFIGS,
+                                    tuning.BANDED_STATS_NCHW_CONFIGS[0], budget=True),
     ),
 }
 
@@ -207,11 +211,19 @@ def _stats(prob, x, bias):
     f32 = dict(dtype=torch.float32, device=x.device)
     part_mean = torch.empty((prob.P, prob.C), **f32)
     part_m2 = torch.empty((prob.P, prob.C), **f32)
-    prob.kernels.stats.launch(
-        prob.region_grid(), x, prob.w, _or(bias, prob.w), part_mean, part_m2,
-        prob.C, prob.H, prob.W, prob.n_bands, prob.band_rows,
-        K=prob.K, ACT=prob.act, HAS_BIAS=bias is not None,
-    )
+    if prob.tensor_cores:
+        prob.kernels.banded_stats.launch(
+            prob.region_grid(), x, prob.w_band, _or(bias, prob.w_band), part_mean, part_m2,
+            prob.C, prob.H, prob.W, prob.n_bands, prob.band_rows,
+            K=prob.K, ACT=prob.act, HAS_BIAS=bias is not None, BLOCK_M=tuning.band_tile_rows(prob.band_rows),
+            BLOCK_W=tuning.BAND_W, SEG=tuning.band_segment(prob.K),
+        )
+    else:
+        prob.kernels.stats.launch(
+            prob.region_grid(), x, prob.w, _or(bias, prob.w), part_mean, part_m2,
+            prob.C, prob.H, prob.W, prob.n_bands, prob.band_rows,
+            K=prob.K, ACT=prob.act, HAS_BIAS=bias is not None,
+        )
     mean = torch.empty((prob.C,), **f32)
     var = torch.empty((prob.C,), **f32)
     reductions.merge_welford[(triton.cdiv(prob.C, _RED_BLOCK_C),)](

@@ -15,6 +15,7 @@ import triton
 import triton.language as tl
 
 from .activations import act_forward
+from .block_math import chan_merge
 
 
 @triton.jit
@@ -117,3 +118,42 @@ def forward_apply(x_ptr, w_ptr, bias_ptr, gamma_ptr, beta_ptr, mean_ptr, var_ptr
     # (a - mean) * scale: no cancellation when |mean| is large next to the spread of a.
     y = x + (act_forward(hv, ACT) - mean) * scale + _channels(beta_ptr, cc, c_ok, HAS_BETA, 0.0)
     tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=ok)
+
+
+@triton.jit
+def forward_stats(x_ptr, w_ptr, bias_ptr, part_mean_ptr, part_m2_ptr, C, H, W, n_bands, BAND_ROWS,
+                  K: tl.constexpr, ACT: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_C: tl.constexpr,
+                  BLOCK_M: tl.constexpr, BLOCK_W: tl.constexpr, SEG: tl.constexpr):
+    """First training pass on tensor cores: per region and channel the mean and M2 of
+    a = act(h), with kernels_channels_last.forward_stats's program grid and partial layout
+    (one program per region, a band of BAND_ROWS rows of one image, and channel block),
+    each tile's (mean, M2) merged into the region's with Chan's formula."""
+    pid = tl.program_id(0)
+    n_cb = tl.cdiv(C, BLOCK_C)
+    cc = (pid % n_cb) * BLOCK_C + tl.arange(0, BLOCK_C)[:, None, None]
+    c_ok = cc < C
+    region = pid // n_cb
+    n = region // n_bands
+    row0 = (region % n_bands) * BAND_ROWS
+    row_end = tl.minimum(row0 + BAND_ROWS, H)
+    bias = _channels(bias_ptr, cc, c_ok, HAS_BIAS, 0.0)
+    count = 0.0
+    mean = tl.zeros([BLOCK_C], tl.float32)
+    m2 = tl.zeros([BLOCK_C], tl.float32)
+    tiles_w = tl.cdiv(W, BLOCK_W)
+    for t in range(tl.cdiv(BAND_ROWS, BLOCK_M) * tiles_w):
+        r0 = row0 + (t // tiles_w) * BLOCK_M
+        col0 = (t % tiles_w) * BLOCK_W
+        h = r0 + tl.arange(0, BLOCK_M)[None, :, None]
+        row_ok = h < row_end
+        acc = conv_tile(x_ptr, w_ptr, cc, c_ok, n * H + h, h, row_ok, col0, C, H, W, K, (K - 1) // 2, BLOCK_C,
+                        BLOCK_M, BLOCK_W, SEG)
+        ok = row_ok & c_ok & (col0 + tl.arange(0, BLOCK_W)[None, None, :] < W)
+        a = tl.where(ok, act_forward(acc + bias, ACT), 0.0)
+        t_count = (tl.maximum(tl.minimum(row_end - r0, BLOCK_M), 0) * tl.minimum(W - col0, BLOCK_W)).to(tl.float32)
+        t_mean = tl.sum(tl.sum(a, 2), 1) / tl.maximum(t_count, 1.0)
+        dev = tl.where(ok, a - t_mean[:, None, None], 0.0)
+        count, mean, m2 = chan_merge(count, mean, m2, t_count, t_mean, tl.sum(tl.sum(dev * dev, 2), 1))
+    ch = (pid % n_cb) * BLOCK_C + tl.arange(0, BLOCK_C)
+    tl.store(part_mean_ptr + region * C + ch, mean, mask=ch < C)
+    tl.store(part_m2_ptr + region * C + ch, m2, mask=ch < C)

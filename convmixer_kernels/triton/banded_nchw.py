@@ -21,7 +21,7 @@ import triton
 import triton.language as tl
 
 from .activations import act_forward
-from .kernels_nchw import _scalar
+from .block_math import chan_merge
 from .kernels_nchw import _scalar
 
 
@@ -109,3 +109,41 @@ def forward_apply(x_ptr, w_ptr, bias_ptr, gamma_ptr, beta_ptr, mean_ptr, var_ptr
     # (a - mean) * scale: no cancellation when |mean| is large next to the spread of a.
     y = x + (act_forward(hv, ACT) - tl.load(mean_ptr + c)) * scale + _scalar(beta_ptr, c, HAS_BETA, 0.0)
     tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=ok)
+
+
+@triton.jit
+def forward_stats(x_ptr, w_ptr, bias_ptr, part_mean_ptr, part_m2_ptr, C, H, W, n_bands, BAND_ROWS,
+                  K: tl.constexpr, ACT: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr,
+                  BLOCK_W: tl.constexpr, SEG: tl.constexpr):
+    """First training pass on tensor cores: per (region, channel) the mean and M2 of
+    a = act(h), with kernels_nchw.forward_stats's program grid and partial layout (one
+    program per plane and band of BAND_ROWS rows, BLOCK_M rows of the band a tile), each
+    tile's (mean, M2) merged into the region's with Chan's formula."""
+    pid = tl.program_id(0)
+    plane = pid // n_bands
+    band = pid % n_bands
+    c = plane % C
+    region = (plane // C) * n_bands + band
+    row0 = band * BAND_ROWS
+    row_end = tl.minimum(row0 + BAND_ROWS, H)
+    base = plane.to(tl.int64) * (H * W)
+    w_c = w_ptr + c * (K * K)
+    bias = _scalar(bias_ptr, c, HAS_BIAS, 0.0)
+    count = 0.0
+    mean = 0.0
+    m2 = 0.0
+    tiles_w = tl.cdiv(W, BLOCK_W)
+    for t in range(tl.cdiv(BAND_ROWS, BLOCK_M) * tiles_w):
+        r0 = row0 + (t // tiles_w) * BLOCK_M
+        col0 = (t % tiles_w) * BLOCK_W
+        h = r0 + tl.arange(0, BLOCK_M)[:, None]
+        row_ok = h < row_end
+        acc = conv_tile(x_ptr, w_c, base, h, row_ok, col0, H, W, K, (K - 1) // 2, BLOCK_M, BLOCK_W, SEG)
+        ok = row_ok & (col0 + tl.arange(0, BLOCK_W)[None, :] < W)
+        a = tl.where(ok, act_forward(acc + bias, ACT), 0.0)
+        t_count = (tl.maximum(tl.minimum(row_end - r0, BLOCK_M), 0) * tl.minimum(W - col0, BLOCK_W)).to(tl.float32)
+        t_mean = tl.sum(a) / tl.maximum(t_count, 1.0)
+        dev = tl.where(ok, a - t_mean, 0.0)
+        count, mean, m2 = chan_merge(count, mean, m2, t_count, t_mean, tl.sum(dev * dev))
+    tl.store(part_mean_ptr + region * C + c, mean)
+    tl.store(part_m2_ptr + region * C + c, m2)

@@ -237,6 +237,17 @@ def banded_cl_default(k: int) -> triton.Config:
     return BANDED_CL_CONFIGS[0] if k <= 17 else BANDED_CL_CONFIGS[1]
 
 
+# The tensor-core statistics pass runs on the launcher's regions (bands of >= 8 rows of
+# one image): BLOCK_M rows of a band a tile, band_rows(band) of them, at 4 warps.
+BANDED_STATS_NCHW_CONFIGS = [_config(4), _config(8)]
+BANDED_STATS_CL_CONFIGS = [_config(4, BLOCK_C=2), _config(8, BLOCK_C=4)]
+
+
+def band_tile_rows(band_rows: int) -> int:
+    """Rows of a statistics tile: the band's, rounded up to a power of two, 16 to 32."""
+    return min(32, max(16, triton.next_power_of_2(band_rows)))
+
+
 def band_segment(k: int) -> int:
     """Input columns of a kernel row's product: BAND_W + k - 1 rounded up to a power of two."""
     return triton.next_power_of_2(BAND_W + k - 1)
