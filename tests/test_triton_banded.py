@@ -28,6 +28,7 @@ import convmixer_kernels as cmk  # noqa: E402
 from convmixer_kernels.reference import mixer_block_reference  # noqa: E402
 
 LAYOUTS = ("nchw", "channels_last")
+FLOAT16_BOUND = 2e-3  # DESIGN.md, "Numerics and tests"
 _cpu_only = pytest.mark.skipif(torch.cuda.is_available(), reason="the gpu tests below cover a CUDA machine")
 _gpu = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
@@ -84,8 +85,11 @@ def test_eval_float16(k, layout):
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("k", (3, 9, 15, 17, 18, 31))
 def test_eval_float16_kernel_sizes(k, layout):
-    case = Case(n=2, c=3, h=13, w=k + 5, k=k, dtype=torch.float16, layout=layout)
-    check_backend(make_inputs(case), "triton", training=False, grads=False)
+    # Against the float64 reference within DESIGN.md's float16 bound: the harness's
+    # eager float16 comparison would run torch's CPU float16 convolution, minutes at k = 31.
+    inputs = make_inputs(Case(n=2, c=3, h=13, w=k + 5, k=k, dtype=torch.float16, layout=layout))
+    ref = mixer_block_reference(*inputs.to(dtype=torch.float64).tensors(), training=False)
+    assert rel_err(_eval_block(inputs), ref) <= FLOAT16_BOUND
 
 
 @_cpu_only
@@ -114,7 +118,7 @@ def _assert_nan_inf_as_eager(layout, device, dtype, k):
     assert torch.equal(y.isnan(), ref.isnan()) and torch.equal(y.isinf(), ref.isinf())
     assert y.isnan().any() and y.isinf().any()
     finite = ref.isfinite()
-    assert rel_err(y[finite], ref[finite]) < (2e-3 if dtype == torch.float16 else 1.6e-2)
+    assert rel_err(y[finite], ref[finite]) < (FLOAT16_BOUND if dtype == torch.float16 else 1.6e-2)
 
 
 # numpy warns of the inf * 0 products in the interpreter's tl.dot.
