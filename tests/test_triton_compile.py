@@ -23,19 +23,21 @@ def _has_nvidia_backend() -> bool:
         return False
 
 
-@pytest.mark.skipif(not _has_nvidia_backend(), reason="triton without its NVIDIA backend and ptxas")
-def test_every_launch_compiles_for_sm90():
+def run_compile_check(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
+    """python -m convmixer_kernels.triton.compile_check ARGS, outside the interpreter."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["TRITON_DEFAULT_FP_FUSION"] = "1"
-    result = subprocess.run(
-        [sys.executable, "-m", "convmixer_kernels.triton.compile_check", "--arch", "90",
-         "--k", "2,9", "--dtypes", "float32,bfloat16", "--activations", "gelu"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=900,
-    )
+    return subprocess.run([sys.executable, "-m", "convmixer_kernels.triton.compile_check", *args],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.skipif(not _has_nvidia_backend(), reason="triton without its NVIDIA backend and ptxas")
+def test_every_launch_compiles_for_sm90():
+    result = run_compile_check("--arch", "90", "--k", "2,9", "--dtypes", "float32,bfloat16", "--activations", "gelu")
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     lines = [line for line in result.stdout.splitlines() if line.startswith("sm_90")]
-    # Every pass of both layouts was recorded and compiled: 6 kernels per layout and the
-    # 2 reductions.
-    kernels = {line.split()[8] for line in lines}
-    assert len(kernels) == 14, sorted(kernels)
+    # Every pass of both layouts was recorded and compiled: 6 CUDA-core kernels and the
+    # bfloat16 tensor-core apply and statistics per layout, and the 2 reductions.
+    kernels = {line.split()[12] for line in lines}
+    assert len(kernels) == 18, sorted(kernels)
     assert result.stdout.rstrip().endswith("0 failed")

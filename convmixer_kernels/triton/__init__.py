@@ -5,6 +5,8 @@ ops/backends.py, so convmixer_kernels imports without triton installed. On CPU t
 kernels run under TRITON_INTERPRET=1, which must be set before triton is imported.
 
   activations.py             act and act' as device functions
+  banded_nchw.py,            the apply pass of float16/bfloat16 on tensor cores: the conv
+  banded_channels_last.py      as tl.dot with the banded row matrix (DESIGN.md, "GPU roofline")
   kernels_channels_last.py   tiles of contiguous channels x pixels, vectorized over C
   kernels_nchw.py            2-D tiles of one plane, vectorized over W
   reductions.py              deterministic merges of per-region partials

@@ -3,6 +3,9 @@ of the kernels in this package.
 
 Passes (one launch each):
   eval forward      apply                                   (BN folded to a per-channel affine)
+float16 and bfloat16 run the forward passes (apply, stats) on tensor cores (banded_*.py;
+CUDA cores with CONVMIXER_KERNELS_TRITON_TENSOR_CORES=0), float32 on CUDA cores; the
+backward passes run on CUDA cores for every dtype.
   training forward  stats -> merge_welford -> apply          (batch mean and biased variance)
   backward          [stats (pass 1) -> sum] -> dh (pass 2) -> sum -> dx (3a), dw (3b) -> sum
 Pass 1 runs only with batch statistics; with frozen BN pass 2 also reduces the sums
@@ -20,12 +23,17 @@ from typing import Optional
 import torch
 import triton
 
+from . import banded_channels_last, banded_nchw
 from . import kernels_channels_last as cl
 from . import kernels_nchw as nchw
 from . import reductions, tuning
 from .activations import CODES
 
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+# Inputs whose convolutions run on tensor cores (tl.dot on the banded row matrix, fp32
+# accumulation). float32 never reaches tl.dot, so no TF32 rounding can creep in: its
+# kernels are the exact CUDA-core ones.
+_TENSOR_CORE_DTYPES = (torch.float16, torch.bfloat16)
 
 _KERNELS = {
     "channels_last": SimpleNamespace(
@@ -35,6 +43,10 @@ _KERNELS = {
         backward_dh=tuning.Tunable(cl.backward_dh, tuning.CL_TILE_CONFIGS, tuning.cl_tile_default),
         backward_dx=tuning.Tunable(cl.backward_dx, tuning.CL_TILE_CONFIGS, tuning.cl_tile_default),
         backward_dw=tuning.Tunable(cl.backward_dw, tuning.CL_DW_CONFIGS, tuning.CL_DW_DEFAULT),
+        banded_apply=tuning.Tunable(banded_channels_last.forward_apply, tuning.BANDED_CL_CONFIGS,
+                                    tuning.banded_cl_default, budget=True),
+        banded_stats=tuning.Tunable(banded_channels_last.forward_stats, tuning.BANDED_STATS_CL_CONFIGS,
+                                    tuning.BANDED_STATS_CL_CONFIGS[0], budget=True),
     ),
     "nchw": SimpleNamespace(
         apply=tuning.Tunable(nchw.forward_apply, tuning.NCHW_TILE_CONFIGS, tuning.NCHW_TILE_DEFAULT),
@@ -43,6 +55,10 @@ _KERNELS = {
         backward_dh=tuning.Tunable(nchw.backward_dh, tuning.NCHW_TILE_CONFIGS, tuning.NCHW_TILE_DEFAULT),
         backward_dx=tuning.Tunable(nchw.backward_dx, tuning.NCHW_TILE_CONFIGS, tuning.NCHW_TILE_DEFAULT),
         backward_dw=tuning.Tunable(nchw.backward_dw, tuning.NCHW_DW_CONFIGS, tuning.NCHW_DW_DEFAULT),
+        banded_apply=tuning.Tunable(banded_nchw.forward_apply, tuning.BANDED_NCHW_CONFIGS,
+                                    tuning.banded_nchw_default, budget=True),
+        banded_stats=tuning.Tunable(banded_nchw.forward_stats, tuning.BANDED_STATS_NCHW_CONFIGS,
+                                    tuning.BANDED_STATS_NCHW_CONFIGS[0], budget=True),
     ),
 }
 
@@ -62,6 +78,10 @@ def why_unavailable(device: torch.device, dtype: torch.dtype) -> Optional[str]:
         return None if torch.cuda.is_available() else "no CUDA device is available"
     if device.type == "cpu":
         if os.environ.get("TRITON_INTERPRET") == "1":
+            if dtype == torch.bfloat16 and tuning.tensor_cores_enabled():
+                # numpy has no bfloat16: the interpreter's tl.dot multiplies the raw bits.
+                return (f"the Triton interpreter cannot run the bfloat16 tensor-core kernels (set "
+                        f"{tuning.TENSOR_CORES_ENV}=0 for the CUDA-core ones)")
             return None
         return "the triton backend runs on CUDA tensors (on CPU only under TRITON_INTERPRET=1)"
     return f"the triton backend runs on CUDA tensors, not {device.type}"
@@ -98,6 +118,11 @@ class _Problem:
             self.w = torch.empty((kk, self.C), dtype=torch.float32, device=x.device).copy_(flat.t())
         else:
             self.w = flat.to(torch.float32).contiguous()
+        # The tensor-core kernels take the same arrangement in x's dtype (the weight's own:
+        # the op requires them equal), their dot operands.
+        self.tensor_cores = x.dtype in _TENSOR_CORE_DTYPES and tuning.tensor_cores_enabled()
+        if self.tensor_cores:
+            self.w_band = (flat.t() if self.layout == "channels_last" else flat).contiguous()
         self._regions(x.device)
 
     def w_flipped(self) -> torch.Tensor:
@@ -123,6 +148,13 @@ class _Problem:
         if self.layout == "nchw":
             return lambda m: (self.N * self.C * self.n_bands * groups,)
         return lambda m: (self.P * groups * triton.cdiv(self.C, m["BLOCK_C"]),)
+
+    def banded_grid(self):
+        def grid(m):
+            tiles = triton.cdiv(self.N * self.H, m["BLOCK_M"]) * triton.cdiv(self.W, tuning.BAND_W)
+            return (tiles * (self.C if self.layout == "nchw" else triton.cdiv(self.C, m["BLOCK_C"])),)
+
+        return grid
 
     def tile_grid(self):
         def grid(m):
@@ -152,6 +184,14 @@ def _column_sum(part: torch.Tensor, out: torch.Tensor, inner: int = 0, outer: in
 
 def _apply(prob, x, bias, gamma, beta, mean, var, eps):
     y = torch.empty_like(x)
+    if prob.tensor_cores:
+        prob.kernels.banded_apply.launch(
+            prob.banded_grid(), x, prob.w_band, _or(bias, prob.w_band), _or(gamma, mean), _or(beta, mean), mean,
+            var, y, prob.N, prob.C, prob.H, prob.W, eps,
+            K=prob.K, ACT=prob.act, HAS_BIAS=bias is not None, HAS_GAMMA=gamma is not None,
+            HAS_BETA=beta is not None, BLOCK_W=tuning.BAND_W, SEG=tuning.band_segment(prob.K),
+        )
+        return y
     prob.kernels.apply.launch(
         prob.tile_grid(), x, prob.w, _or(bias, prob.w), _or(gamma, mean), _or(beta, mean), mean, var, y,
         prob.C, prob.H, prob.W, eps,
@@ -171,11 +211,19 @@ def _stats(prob, x, bias):
     f32 = dict(dtype=torch.float32, device=x.device)
     part_mean = torch.empty((prob.P, prob.C), **f32)
     part_m2 = torch.empty((prob.P, prob.C), **f32)
-    prob.kernels.stats.launch(
-        prob.region_grid(), x, prob.w, _or(bias, prob.w), part_mean, part_m2,
-        prob.C, prob.H, prob.W, prob.n_bands, prob.band_rows,
-        K=prob.K, ACT=prob.act, HAS_BIAS=bias is not None,
-    )
+    if prob.tensor_cores:
+        prob.kernels.banded_stats.launch(
+            prob.region_grid(), x, prob.w_band, _or(bias, prob.w_band), part_mean, part_m2,
+            prob.C, prob.H, prob.W, prob.n_bands, prob.band_rows,
+            K=prob.K, ACT=prob.act, HAS_BIAS=bias is not None, BLOCK_M=tuning.band_tile_rows(prob.band_rows),
+            BLOCK_W=tuning.BAND_W, SEG=tuning.band_segment(prob.K),
+        )
+    else:
+        prob.kernels.stats.launch(
+            prob.region_grid(), x, prob.w, _or(bias, prob.w), part_mean, part_m2,
+            prob.C, prob.H, prob.W, prob.n_bands, prob.band_rows,
+            K=prob.K, ACT=prob.act, HAS_BIAS=bias is not None,
+        )
     mean = torch.empty((prob.C,), **f32)
     var = torch.empty((prob.C,), **f32)
     reductions.merge_welford[(triton.cdiv(prob.C, _RED_BLOCK_C),)](

@@ -12,6 +12,14 @@ constexprs, tile config) is captured without a GPU; each distinct launch is then
 compiled for the target by triton.compile, and its PTX assembled again by the ptxas
 Triton uses, with -v, for the resource counts. Autotuning is off, so the configs are the fixed defaults (tuning.py);
 `--all-configs` compiles every autotuning config too.
+
+    python -m convmixer_kernels.triton.compile_check --key-shapes --budget --arch 90 --arch 80
+
+compiles the eval and training forward of the benchmark's key shapes (bfloat16, batch
+128, 32x32, C = 768 k = 7 and C = 1536 k = 9, both layouts; recorded on meta tensors) and
+holds each kernel to the resource budget: no spills, registers and shared memory that
+leave room for at least 16 resident warps per SM (<= 128 registers a thread at 4 or 8
+warps), and, for the tensor-core kernels (banded_*.py), mma or wgmma in the PTX.
 """
 
 import argparse
@@ -117,6 +125,27 @@ def backend_calls(layouts, dtypes, kernel_sizes, activations):
     return run
 
 
+# The benchmark's key shapes (DESIGN.md, "GPU roofline"): (N, C, H, W, k), in bfloat16.
+KEY_SHAPES = ((128, 768, 32, 32, 7), (128, 1536, 32, 32, 9))
+
+
+def key_shape_calls(layouts=("nchw", "channels_last"), shapes=KEY_SHAPES, dtype=torch.bfloat16):
+    """The eval and training forward of the key shapes, on meta tensors (full size, no
+    memory)."""
+
+    def run():
+        for layout, (n, c, h, w, k) in itertools.product(layouts, shapes):
+            fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+            meta = dict(device="meta")
+            x = torch.empty(n, c, h, w, dtype=dtype, **meta).contiguous(memory_format=fmt)
+            vec = torch.empty(c, **meta)
+            w, b = torch.empty(c, 1, k, k, dtype=dtype, **meta), torch.empty(c, dtype=dtype, **meta)
+            backend.forward_eval(x, w, b, vec, vec, vec, vec, 1e-5, "gelu")
+            backend.forward_train(x, w, b, vec, vec, 1e-5, "gelu")
+
+    return run
+
+
 def with_all_configs(launches: List[Launch]) -> List[Launch]:
     """The recorded launches of the tunable kernels once per autotuning config."""
     tunables = [t for ns in backend._KERNELS.values() for t in vars(ns).values()]
@@ -142,6 +171,23 @@ class Report:
     spill_stores: int
     spill_loads: int
     shared_bytes: int
+    tensor_core_ops: int  # mma.sync and wgmma.mma_async instructions in the PTX
+
+    def resident_warps(self) -> int:
+        """Warps of this kernel an SM of the target holds at once (tuning.resident_warps)."""
+        return tuning.resident_warps(self.registers, self.launch.num_warps, self.shared_bytes,
+                                     tuning.SHARED_PER_SM.get(self.arch, min(tuning.SHARED_PER_SM.values())))
+
+    def over_budget(self) -> List[str]:
+        """What of the resource budget (module docstring) this kernel misses."""
+        missing = []
+        if self.spill_stores or self.spill_loads:
+            missing.append("spills")
+        if self.resident_warps() < tuning.MIN_RESIDENT_WARPS:
+            missing.append(f"{self.resident_warps()} resident warps < {tuning.MIN_RESIDENT_WARPS}")
+        if self.launch.fn.fn.__module__.rsplit(".", 1)[-1].startswith("banded_") and not self.tensor_core_ops:
+            missing.append("no mma/wgmma")
+        return missing
 
 
 def _ptxas(arch: int) -> str:
@@ -168,7 +214,7 @@ def compile_launch(launch: Launch, arch: int) -> Report:
     spills = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", out)
     return Report(launch, arch, int(regs.group(1)) if regs else 0,
                   int(spills.group(1)) if spills else 0, int(spills.group(2)) if spills else 0,
-                  int(compiled.metadata.shared))
+                  int(compiled.metadata.shared), len(re.findall(r"\b(?:mma\.sync|wgmma\.mma_async)\.", ptx)))
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -179,17 +225,27 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--k", default="1,2,3,7,8,9,15,31")
     parser.add_argument("--activations", default="gelu,gelu_tanh,relu,silu")
     parser.add_argument("--all-configs", action="store_true", help="also every autotuning config")
+    parser.add_argument("--key-shapes", action="store_true",
+                        help="the eval and training forward of the key shapes (KEY_SHAPES, bfloat16) instead "
+                             "of the sweep")
+    parser.add_argument("--budget", action="store_true",
+                        help="fail any kernel over the resource budget (spills, < 16 resident warps, a "
+                             "tensor-core kernel without mma/wgmma)")
     args = parser.parse_args(argv)
     os.environ[tuning.AUTOTUNE_ENV] = "0"
 
-    dtypes = [getattr(torch, d) for d in args.dtypes.split(",")]
-    calls = backend_calls(args.layouts.split(","), dtypes, [int(k) for k in args.k.split(",")],
-                          args.activations.split(","))
+    if args.key_shapes:
+        calls = key_shape_calls(args.layouts.split(","))
+    else:
+        dtypes = [getattr(torch, d) for d in args.dtypes.split(",")]
+        calls = backend_calls(args.layouts.split(","), dtypes, [int(k) for k in args.k.split(",")],
+                              args.activations.split(","))
     launches = record_launches(calls)
     if args.all_configs:
         launches = with_all_configs(launches)
     failures = 0
-    print(f"{len(launches)} distinct launches; registers, spill stores/loads (bytes), shared memory (bytes)")
+    print(f"{len(launches)} distinct launches; registers, spill stores/loads (bytes), shared memory (bytes), "
+          f"resident warps per SM, tensor-core instructions in the PTX")
     for arch in args.arch or [90]:
         for launch in launches:
             try:
@@ -199,8 +255,13 @@ def main(argv: Optional[List[str]] = None) -> int:
                 print(f"sm_{arch} FAILED {launch.describe()}: {type(e).__name__}: {str(e).splitlines()[0][:300]}")
                 continue
             flag = "  SPILLS" if r.spill_stores or r.spill_loads else ""
+            over = r.over_budget() if args.budget else []
+            if over:
+                failures += 1
+                flag = "  OVER BUDGET: " + ", ".join(over)
             print(f"sm_{arch} regs {r.registers:3d} spill {r.spill_stores:5d}/{r.spill_loads:5d} "
-                  f"smem {r.shared_bytes:6d}  {launch.describe()}{flag}")
+                  f"smem {r.shared_bytes:6d} warps/SM {r.resident_warps():2d} mma {r.tensor_core_ops:3d}  "
+                  f"{launch.describe()}{flag}")
     print(f"{failures} failed")
     return 1 if failures else 0
 

@@ -13,6 +13,7 @@ Autotuning runs at the first call for a new key; warm a shape up before capturin
 in a CUDA graph.
 """
 
+import functools
 import os
 from typing import Callable, Dict, List, Union
 
@@ -20,6 +21,15 @@ import torch
 import triton
 
 AUTOTUNE_ENV = "CONVMIXER_KERNELS_TRITON_AUTOTUNE"
+
+
+# "0" runs float16 and bfloat16 on the CUDA-core kernels too (for comparing the two on a
+# GPU); the tensor-core ones are the default.
+TENSOR_CORES_ENV = "CONVMIXER_KERNELS_TRITON_TENSOR_CORES"
+
+
+def tensor_cores_enabled() -> bool:
+    return os.environ.get(TENSOR_CORES_ENV, "1") != "0"
 
 
 def autotune_enabled() -> bool:
@@ -34,32 +44,82 @@ def _config(num_warps: int, **blocks) -> triton.Config:
     return triton.Config(blocks, num_warps=num_warps, num_stages=2)
 
 
-def _prune(configs: List[triton.Config], named_args: Dict, **kwargs) -> List[triton.Config]:
+# The resource budget (issue 15): no spills, and registers and shared memory that leave
+# room for MIN_RESIDENT_WARPS warps per SM (<= 128 registers a thread). Per-SM limits of
+# sm_80 and sm_90 (CUDA C++ Programming Guide, compute capabilities table): 64K 32-bit
+# registers allocated per warp in units of 256, at most 32 CTAs and 64 warps, 1 KB of
+# shared memory reserved per CTA, 164 KB (sm_80) and 228 KB (sm_90) in all.
+MIN_RESIDENT_WARPS = 16
+_REGS_PER_SM = 65536
+_REG_GRANULE = 256
+_MAX_CTAS = 32
+_MAX_WARPS = 64
+_CTA_SHARED = 1024
+SHARED_PER_SM = {80: 164 * 1024, 90: 228 * 1024}
+
+
+def resident_warps(registers: int, num_warps: int, shared_bytes: int, shared_per_sm: int) -> int:
+    """Warps of a kernel an SM holds at once."""
+    per_warp = -(-max(registers, 1) * 32 // _REG_GRANULE) * _REG_GRANULE
+    ctas = min(_REGS_PER_SM // (per_warp * num_warps), _MAX_CTAS, shared_per_sm // (shared_bytes + _CTA_SHARED))
+    return min(ctas * num_warps, _MAX_WARPS)
+
+
+def _shared_per_sm(device: torch.device) -> int:
+    props = torch.cuda.get_device_properties(device)
+    known = getattr(props, "shared_memory_per_multiprocessor", None)
+    return known or SHARED_PER_SM.get(props.major * 10 + props.minor, min(SHARED_PER_SM.values()))
+
+
+def _device(named_args: Dict) -> torch.device:
+    return next(t.device for t in named_args.values() if isinstance(t, torch.Tensor))
+
+
+def _within_budget(fn, config: triton.Config, named_args: Dict, kwargs: Dict, shared_per_sm: int) -> bool:
+    # Compiles the config as the autotuner would (the compile is cached for its run);
+    # n_regs and n_spills are set when the binary is loaded.
+    kernel = fn.warmup(**named_args, **kwargs, **config.all_kwargs(), grid=(1,))
+    kernel._init_handles()
+    return kernel.n_spills == 0 and resident_warps(kernel.n_regs, config.num_warps, kernel.metadata.shared,
+                                                   shared_per_sm) >= MIN_RESIDENT_WARPS
+
+
+def _prune(budget_fn, configs: List[triton.Config], named_args: Dict, **kwargs) -> List[triton.Config]:
     # Drop tiles that overhang the problem by more than twice (C = 8, or a 7 x 7 image,
-    # would mostly compute masked-off lanes); keep the smallest if none fits.
+    # would mostly compute masked-off lanes); keep the smallest if none fits. With a
+    # budget_fn (the kernel) on a GPU, then drop the configs over the resource budget,
+    # unless that leaves none.
     limits = {"BLOCK_C": named_args["C"], "BLOCK_H": named_args["H"], "BLOCK_W": named_args["W"]}
+    if "N" in named_args:  # the tensor-core kernels stack the rows of all images
+        limits["BLOCK_M"] = named_args["N"] * named_args["H"]
 
     def fits(cfg):
         return all(cfg.kwargs[name] <= 2 * triton.next_power_of_2(limit) for name, limit in limits.items()
                    if name in cfg.kwargs)
 
-    kept = [cfg for cfg in configs if fits(cfg)]
-    if kept:
+    kept = [cfg for cfg in configs if fits(cfg)] or [
+        min(configs, key=lambda cfg: sum(v for k, v in cfg.kwargs.items() if k.startswith("BLOCK_")))]
+    device = _device(named_args)
+    if budget_fn is None or device.type != "cuda":
         return kept
-    return [min(configs, key=lambda cfg: sum(v for k, v in cfg.kwargs.items() if k.startswith("BLOCK_")))]
+    shared = _shared_per_sm(device)
+    return [cfg for cfg in kept if _within_budget(budget_fn, cfg, named_args, kwargs, shared)] or kept
 
 
 class Tunable:
     """A @triton.jit kernel with its autotuned twin and a fixed default config (a Config,
-    or a function of the kernel size k giving one)."""
+    or a function of the kernel size k giving one). With budget, the autotuner only
+    times the configs within the resource budget (the tensor-core kernels; the CUDA-core
+    ones, over it in most configs, keep theirs)."""
 
     def __init__(self, fn, configs: List[triton.Config],
-                 default: Union[triton.Config, Callable[[int], triton.Config]]):
+                 default: Union[triton.Config, Callable[[int], triton.Config]], budget: bool = False):
         self.fn = fn
         self.configs = configs
         self.default = default
+        prune = functools.partial(_prune, fn if budget else None)
         self._tuned = triton.autotune(
-            configs=configs, key=["C", "H", "W", "K"], prune_configs_by={"early_config_prune": _prune}
+            configs=configs, key=["C", "H", "W", "K"], prune_configs_by={"early_config_prune": prune}
         )(fn)
 
     def launch(self, grid: Callable[[Dict], tuple], *args, **kwargs) -> None:
@@ -139,3 +199,55 @@ def dw_group(k: int) -> int:
     groups of 5 compute 10."""
     groups = -(-k // max(1, min(k, DW_ACCUMULATORS // k)))
     return -(-k // groups)
+
+# Tensor-core apply (banded_nchw.py, banded_channels_last.py): BLOCK_M rows of the
+# flattened (image, row) axis x BAND_W columns (x BLOCK_C channels), one tl.dot a kernel
+# row over a segment of band_segment(k) input columns, as many MACs an output. A narrow
+# BAND_W = 16 spends the fewest (32 a kernel row for k <= 17; 32 columns would take 64)
+# and moves as many shared-memory bytes an output as any wider one (Triton stages each
+# operand there); tl.dot needs every dimension a power of two >= 16.
+BAND_W = 16
+
+# The defaults for k <= 17 stack the most rows that 128 registers hold at 8 warps (sm_80
+# and sm_90; 127-128 at k = 7 and 9): the band, gathered from the k taps for every kernel
+# row, serves BLOCK_M rows. Above k = 17 the segment doubles to 64 columns and the smaller
+# tiles keep the operands in registers. Every config here meets the resource budget at
+# the key shapes on sm_80 and sm_90 (compile_check --key-shapes --all-configs --budget;
+# 2 warps x 32 rows took 168 registers on sm_80, 4 channels x 16 rows 142-151); on a GPU
+# the autotuner also drops those over it for the shape at hand (_prune).
+BANDED_NCHW_CONFIGS = [
+    _config(8, BLOCK_M=128),
+    _config(4, BLOCK_M=32),
+    _config(4, BLOCK_M=64),
+    _config(8, BLOCK_M=64),
+]
+
+BANDED_CL_CONFIGS = [
+    _config(8, BLOCK_C=2, BLOCK_M=64),
+    _config(4, BLOCK_C=2, BLOCK_M=16),
+    _config(4, BLOCK_C=2, BLOCK_M=32),
+]
+
+
+def banded_nchw_default(k: int) -> triton.Config:
+    return BANDED_NCHW_CONFIGS[0] if k <= 17 else BANDED_NCHW_CONFIGS[1]
+
+
+def banded_cl_default(k: int) -> triton.Config:
+    return BANDED_CL_CONFIGS[0] if k <= 17 else BANDED_CL_CONFIGS[1]
+
+
+# The tensor-core statistics pass runs on the launcher's regions (bands of >= 8 rows of
+# one image): BLOCK_M rows of a band a tile, band_rows(band) of them, at 4 warps.
+BANDED_STATS_NCHW_CONFIGS = [_config(4), _config(8)]
+BANDED_STATS_CL_CONFIGS = [_config(4, BLOCK_C=2), _config(8, BLOCK_C=4)]
+
+
+def band_tile_rows(band_rows: int) -> int:
+    """Rows of a statistics tile: the band's, rounded up to a power of two, 16 to 32."""
+    return min(32, max(16, triton.next_power_of_2(band_rows)))
+
+
+def band_segment(k: int) -> int:
+    """Input columns of a kernel row's product: BAND_W + k - 1 rounded up to a power of two."""
+    return triton.next_power_of_2(BAND_W + k - 1)
