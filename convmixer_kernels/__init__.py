@@ -6,6 +6,7 @@
     n = cmk.swap_mixer_blocks(model)          # a timm / mmpretrain / official ConvMixer
     model = cmk.convert_sync_batchnorm(model) # synchronized BN under DistributedDataParallel
     cmk.available_backends("cuda")            # e.g. ['cuda', 'triton', 'eager']
+    cmk.explain_auto((128, 768, 32, 32), 7)   # which backend "auto" takes there, and why
     cmk.cpu_capability()                      # the CPU kernels' level, e.g. 'avx512'
     model = cmk.get_model("convmixer_768_32", pretrained="convmixer_768_32.pth")
 """
@@ -14,7 +15,7 @@ import importlib
 
 from ._extension import cpu_capabilities, cpu_capability
 from .modules import ConvMixer, FusedMixerBlock, convert_sync_batchnorm, swap_mixer_blocks, unswap_mixer_blocks
-from .ops import available_backends, mixer_block, unavailable_backends
+from .ops import available_backends, explain_auto, mixer_block, register_backend, unavailable_backends
 
 __version__ = "0.1.0"
 
@@ -47,7 +48,9 @@ __all__ = [
     "convert_sync_batchnorm",
     "cpu_capabilities",
     "cpu_capability",
+    "explain_auto",
     "mixer_block",
+    "register_backend",
     "swap_mixer_blocks",
     "unavailable_backends",
     "unswap_mixer_blocks",

@@ -12,9 +12,9 @@ import os
 import torch
 
 from .models import resolve_name
-from .ops.backends import BACKEND_NAMES
+from .ops.backends import backend_names
 
-BACKEND_CHOICES = ("auto",) + BACKEND_NAMES
+BACKEND_CHOICES = ("auto",) + backend_names()
 
 
 def positive_int(text: str) -> int:

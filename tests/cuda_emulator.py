@@ -4,7 +4,7 @@
 stand-in for the CUDA runtime, the warp collectives and the PTX instructions the kernels
 use; see csrc/cuda_emulator/device.h) into a shared library, cached under
 build/cuda_emulator/ by a hash of the sources. `EmulatedCudaBackend` wraps its C
-interface (csrc/cuda_emulator/api.cpp) in the interface of ops/backends.py, allocating
+interface (csrc/cuda_emulator/api.cpp) in a Backend (ops/backends/base.py), allocating
 outputs and workspaces as csrc/cuda_bindings.cpp does, with two additions: every buffer
 the kernels see lies between guard bands of 0xff bytes (NaN in every float dtype), so a
 read past a tensor shows up as NaN in the results and a write past one as a changed
@@ -26,6 +26,9 @@ from typing import Optional
 
 import torch
 
+from convmixer_kernels.conventions import ACTIVATION_CODES, CHANNELS_LAST, layout_of
+from convmixer_kernels.ops.backends.base import Backend
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CSRC = os.path.join(ROOT, "csrc")
 EMULATOR = os.path.join(CSRC, "cuda_emulator")
@@ -42,7 +45,6 @@ FLAGS = [
 ]
 
 DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
-ACTIVATION_CODES = {"gelu": 0, "gelu_tanh": 1, "relu": 2, "silu": 3}
 ORDERS = {"ascending": 0, "descending": 1, "shuffled": 2}
 GUARD_BYTES = 256  # on each side of every buffer; a multiple of 16 keeps 16-byte alignment
 
@@ -179,24 +181,26 @@ def _geometry(x: torch.Tensor):
 
 
 def _channels_last(x: torch.Tensor) -> bool:
-    return not x.is_contiguous()  # as cuda_bindings.cpp: a tensor dense in both is NCHW
+    return layout_of(x) == CHANNELS_LAST
 
 
-class EmulatedCudaBackend:
-    """The `cuda` backend on CPU tensors (the ops/backends.py interface). `misalign` shifts
-    every activation-sized buffer by that many elements, off 16-byte alignment, which
-    sends the kernels down their element-wise paths."""
+class EmulatedCudaBackend(Backend):
+    """The `cuda` backend on CPU tensors, registered as "cuda_emulated" with
+    convmixer_kernels.ops.register_backend. `misalign` shifts every activation-sized
+    buffer by that many elements, off 16-byte alignment, which sends the kernels down
+    their element-wise paths. The cuda launchers run training as one call, so there are
+    no synchronized pieces (why_no_sync), as on the cuda backend."""
+
+    NAME = "cuda_emulated"
+    DEVICES = ("cpu",)
+    DTYPES = tuple(DTYPE_CODES)
 
     def __init__(self, emulator: Emulator, misalign: int = 0):
         self.emu = emulator
         self.misalign = misalign
 
-    def why_unavailable(self, device: torch.device, dtype: torch.dtype) -> Optional[str]:
-        if device.type != "cpu":
-            return "the emulated cuda kernels run on CPU tensors"
-        if dtype not in DTYPE_CODES:
-            return "the cuda kernels support float32, float16 and bfloat16"
-        return None
+    def why_no_sync(self) -> Optional[str]:
+        return "the emulated cuda kernels run the statistics and apply passes as one call"
 
     def forward_eval(self, x, weight, bias, gamma, beta, running_mean, running_var, eps, activation):
         g = _Guarded()

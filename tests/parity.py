@@ -200,7 +200,7 @@ def summand_scales(inputs: Inputs, *, training: bool, momentum=0.1) -> dict:
     h = depthwise_conv_same(x, weight, inp.bias)
     h.retain_grad()
     normed = normalized_activation(h, inp.gamma, inp.beta, inp.running_mean, inp.running_var, training=training,
-                                   momentum=momentum, activation_fn=inp.case.activation)
+                                   momentum=momentum, activation=inp.case.activation)
     (x + normed).backward(inp.grad_out)
     dh = h.grad.abs()
     magnitude = torch.autograd.grad(depthwise_conv_same(x.abs(), weight, None), weight, dh)[0]
@@ -232,7 +232,7 @@ def run_block(inputs: Inputs, *, training: bool, backend: Optional[str], momentu
                 t.requires_grad_(True)
     args = (inp.x, inp.weight, inp.bias, inp.gamma, inp.beta, inp.running_mean, inp.running_var)
     if backend is None:
-        y = mixer_block_reference(*args, training=training, momentum=momentum, activation_fn=inp.case.activation)
+        y = mixer_block_reference(*args, training=training, momentum=momentum, activation=inp.case.activation)
     else:
         with poisoned_outputs():
             y = mixer_block(*args, training=training, momentum=momentum, activation=inp.case.activation,

@@ -1,13 +1,14 @@
-"""backend="auto" between cuda and triton (ops/auto_select.py): the table, the forced and
-static choices and the explanation, on any machine (the timed path runs in
-test_cuda_gpu.py)."""
+"""backend="auto" between cuda and triton (ops/auto_select.py): the table (written by
+tools/auto_table.py), the forced and static choices and the explanation, on any machine
+(the timed path runs in the cuda GPU tests)."""
 
 import csv
 
 import pytest
 import torch
 
-from convmixer_kernels.ops import auto_select
+from convmixer_kernels.ops import auto_select, backends
+from tools import auto_table
 
 
 @pytest.fixture
@@ -24,6 +25,14 @@ def _row(backend, ms, batch=128, mode="eval_fwd", layout="nchw", dtype="bfloat16
                 median_ms=ms, device="cpu")
 
 
+def _decide(names, problem):
+    return auto_select.decide([backends.get_backend(name) for name in names], problem)
+
+
+def _choose(names, problem):
+    return _decide(names, problem).backend
+
+
 def _problem(batch=128, training=False, layout="nchw"):
     return auto_select.Problem("cpu", batch, 768, 32, 32, 7, torch.bfloat16, layout, training, "gelu")
 
@@ -31,24 +40,24 @@ def _problem(batch=128, training=False, layout="nchw"):
 def test_table_picks_the_faster_backend(table):
     rows = [_row("cuda", 0.20), _row("triton", 0.15), _row("eager", 0.01),
             _row("cuda", 0.50, mode="train_fwd_bwd"), _row("triton", 0.90, mode="train_fwd_bwd")]
-    assert auto_select.update_table(rows, table) == 2
-    eval_choice = auto_select.decide(["cuda", "triton"], _problem())
+    assert auto_table.update_table(rows, table) == 2
+    eval_choice = _decide(["cuda", "triton"], _problem())
     assert (eval_choice.backend, eval_choice.source) == ("triton", "table")
-    assert auto_select.choose(["cuda", "triton"], _problem(training=True)) == "cuda"
+    assert _choose(["cuda", "triton"], _problem(training=True)) == "cuda"
     # eager rows are not contenders; an unmeasured layout falls back to the static order
-    assert auto_select.decide(["cuda", "triton"], _problem(layout="channels_last")).source == "static"
+    assert _decide(["cuda", "triton"], _problem(layout="channels_last")).source == "static"
 
 
 def test_table_uses_the_nearest_batch_and_merges(table):
-    auto_select.update_table([_row("cuda", 1.0, batch=1), _row("triton", 2.0, batch=1),
+    auto_table.update_table([_row("cuda", 1.0, batch=1), _row("triton", 2.0, batch=1),
                               _row("cuda", 3.0, batch=256), _row("triton", 2.0, batch=256)], table)
-    assert auto_select.choose(["cuda", "triton"], _problem(batch=2)) == "cuda"
+    assert _choose(["cuda", "triton"], _problem(batch=2)) == "cuda"
     auto_select._decisions.clear()
-    assert auto_select.choose(["cuda", "triton"], _problem(batch=128)) == "triton"
+    assert _choose(["cuda", "triton"], _problem(batch=128)) == "triton"
     # a new measurement of the same key and batch replaces the old one
-    auto_select.update_table([_row("cuda", 1.0, batch=256)], table)
+    auto_table.update_table([_row("cuda", 1.0, batch=256)], table)
     auto_select._decisions.clear()
-    assert auto_select.choose(["cuda", "triton"], _problem(batch=200)) == "cuda"
+    assert _choose(["cuda", "triton"], _problem(batch=200)) == "cuda"
 
 
 def test_csv_cli(table, tmp_path):
@@ -58,20 +67,20 @@ def test_csv_cli(table, tmp_path):
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    auto_select.main([str(path), "--table", table])
-    assert auto_select.choose(["cuda", "triton"], _problem()) == "triton"
+    auto_table.main([str(path), "--table", table])
+    assert _choose(["cuda", "triton"], _problem()) == "triton"
 
 
 def test_forced_static_and_single(table, monkeypatch):
-    auto_select.update_table([_row("cuda", 0.3), _row("triton", 0.2)], table)
+    auto_table.update_table([_row("cuda", 0.3), _row("triton", 0.2)], table)
     monkeypatch.setenv("CONVMIXER_KERNELS_AUTO", "cuda")
-    assert auto_select.decide(["cuda", "triton"], _problem()).source == "forced"
-    assert auto_select.choose(["cuda", "triton"], _problem()) == "cuda"
+    assert _decide(["cuda", "triton"], _problem()).source == "forced"
+    assert _choose(["cuda", "triton"], _problem()) == "cuda"
     monkeypatch.setenv("CONVMIXER_KERNELS_AUTO", "static")
-    assert auto_select.choose(["cuda", "triton"], _problem(training=True)) == "cuda"
+    assert _choose(["cuda", "triton"], _problem(training=True)) == "cuda"
     assert auto_select.auto_decisions() == {}  # a static choice is not cached
-    assert auto_select.choose(["triton"], _problem()) == "triton"
-    assert auto_select.choose(["cuda", "triton"], None) == "cuda"
+    assert _choose(["triton"], _problem()) == "triton"
+    assert _choose(["cuda", "triton"], None) == "cuda"
 
 
 def test_problem_of_follows_the_layout_the_call_runs_in():
@@ -85,5 +94,5 @@ def test_problem_of_follows_the_layout_the_call_runs_in():
 
 
 def test_explain_auto_on_cpu(table):
-    text = auto_select.explain_auto((8, 64, 32, 32), 7, dtype=torch.float32, device="cpu")
+    text = backends.explain_auto((8, 64, 32, 32), 7, dtype=torch.float32, device="cpu")
     assert "'cpu'" in text and "C=64 H=32 W=32 k=7" in text

@@ -179,7 +179,7 @@ def test_bf16_nan_and_inf_land_where_eager_puts_them(level, layout, k):
     x[0, 3, 6, 10] = float("-inf")
     x[0, 17, 0, 0] = float("nan")
     args = (x, inputs.weight, inputs.bias, inputs.gamma, inputs.beta, inputs.running_mean, inputs.running_var)
-    ref = mixer_block_reference(*args, training=False, activation_fn="relu")
+    ref = mixer_block_reference(*args, training=False, activation="relu")
     with cpu_level(level):
         y = cmk.mixer_block(*args, training=False, activation="relu", backend="cpu")
     assert torch.equal(y.isnan(), ref.isnan()) and torch.equal(y.isinf(), ref.isinf())

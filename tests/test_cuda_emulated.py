@@ -33,14 +33,14 @@ def emulator():
 
 
 @pytest.fixture
-def emulated(emulator, monkeypatch):
+def emulated(emulator):
     """Registers the emulated kernels as backend "cuda_emulated" (as an H100 by default)."""
     from convmixer_kernels.ops import backends
 
     emulator.configure()
-    backend = cuda_emulator.EmulatedCudaBackend(emulator)
-    monkeypatch.setitem(backends._COMPILED, NAME, backend)
+    backend = backends.register_backend(cuda_emulator.EmulatedCudaBackend(emulator))
     yield backend
+    backends.unregister_backend(NAME)
     emulator.configure()
 
 

@@ -272,15 +272,15 @@ def test_compute_sanitizer(tool):
 
 
 def test_auto_times_and_caches():
-    from convmixer_kernels import available_backends
+    from convmixer_kernels import available_backends, explain_auto
     from convmixer_kernels.ops import auto_select
 
     if "triton" not in available_backends("cuda", torch.bfloat16):
         pytest.skip("triton backend unavailable: auto has one contender")
     shape = (16, 64, 32, 32)
-    text = auto_select.explain_auto(shape, 7, dtype=torch.bfloat16, device="cuda", measure=True)
+    text = explain_auto(shape, 7, dtype=torch.bfloat16, device="cuda", measure=True)
     assert "auto picks" in text and ("'cuda'" in text or "'triton'" in text), text
     decisions = auto_select.auto_decisions()
     assert len(decisions) >= 1 and all(d.backend in ("cuda", "triton") for d in decisions.values())
-    again = auto_select.explain_auto(shape, 7, dtype=torch.bfloat16, device="cuda")
+    again = explain_auto(shape, 7, dtype=torch.bfloat16, device="cuda")
     assert again == text  # cached: no second timing

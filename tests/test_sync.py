@@ -131,7 +131,7 @@ def test_synchronized_cpu_pieces_at_every_cpu_level(level, case, every_training_
 
 def test_cuda_backend_is_refused_by_name_and_skipped_by_auto(monkeypatch):
     # As if a GPU and both GPU backends were there.
-    monkeypatch.setattr(backends._COMPILED["cuda"], "why_unavailable", lambda device, dtype: None)
+    monkeypatch.setattr(backends.get_backend("cuda"), "why_unavailable", lambda device, dtype: None)
     monkeypatch.setattr(backends.get_backend("triton"), "why_unavailable", lambda device, dtype: None)
     cuda = torch.device("cuda")
     assert backends.resolve("auto", cuda, torch.float32, None, synced=True) == "triton"

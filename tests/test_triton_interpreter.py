@@ -171,7 +171,7 @@ def test_compile_fullgraph():
 
 @_needs_interpreter
 def test_unavailable_reasons(monkeypatch):
-    from convmixer_kernels.triton import backend
+    backend = cmk.ops.backends.get_backend("triton")
 
     assert "float64" in backend.why_unavailable(torch.device("cpu"), torch.float64)
     monkeypatch.delenv("TRITON_INTERPRET")

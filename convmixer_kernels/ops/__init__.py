@@ -1,9 +1,11 @@
-"""The mixer_block op: registration, autograd, backend dispatch."""
+"""The mixer_block op: the public entry (mixer_block.py), its torch.library ops
+(custom_ops.py), the backends (backends/) and how "auto" picks one (auto_select.py),
+synchronized BatchNorm (sync.py)."""
 
-from . import kernel_fakes
-from .backends import available_backends, unavailable_backends
+from .backends import available_backends, explain_auto, register_backend, unavailable_backends
+from .custom_ops import register_kernel_fakes
 from .mixer_block import mixer_block
 
-kernel_fakes.register()
+register_kernel_fakes()
 
-__all__ = ["mixer_block", "available_backends", "unavailable_backends"]
+__all__ = ["mixer_block", "available_backends", "unavailable_backends", "register_backend", "explain_auto"]
