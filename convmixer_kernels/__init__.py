@@ -14,24 +14,25 @@
 import importlib
 
 from ._extension import cpu_capabilities, cpu_capability
-from .modules import ConvMixer, FusedMixerBlock, convert_sync_batchnorm, swap_mixer_blocks, unswap_mixer_blocks
+from .models.convmixer import ConvMixer
+from .modules import FusedMixerBlock, convert_sync_batchnorm, swap_mixer_blocks, unswap_mixer_blocks
 from .ops import available_backends, explain_auto, mixer_block, register_backend, unavailable_backends
 
 __version__ = "0.1.0"
 
-# The model layer (Pillow for images, onnx for export) loads on first use, so the kernel
-# library imports with torch alone.
+# The model layer's image and export side (Pillow, onnx) loads on first use, so the
+# kernel library imports with torch alone.
 _LAZY = {
     "get_model": "models",
     "create_model": "models",
     "list_models": "models",
-    "load_checkpoint": "checkpoint",
-    "convert_state_dict": "checkpoint",
-    "inference_model": "inference",
-    "preprocess": "preprocess",
-    "imagenet_classes": "imagenet_classes",
-    "export_onnx": "export",
-    "count_model": "count",
+    "load_checkpoint": "models.checkpoint",
+    "convert_state_dict": "models.checkpoint",
+    "inference_model": "models.inference",
+    "preprocess": "models.preprocess",
+    "imagenet_classes": "models.imagenet_classes",
+    "export_onnx": "cli.export",
+    "count_model": "cli.count",
 }
 
 

@@ -8,7 +8,7 @@
   They are functional (torch.library allows autograd only on ops that mutate nothing), so
   the in-place running-statistics update happens in `mixer_block` after the forward op,
   on C-length vectors.
-- The kernel-level ops of the compiled extension (schemas in csrc/mixer_block.cpp), which
+- The kernel-level ops of the compiled extension (schemas in csrc/ops.cpp), which
   the cpu and cuda backends call: only their fakes are registered here, so they trace
   under torch.compile and pass opcheck on their own.
 Both layers' outputs have the same shapes, from the same three fakes.
@@ -201,14 +201,14 @@ def register_kernel_fakes() -> None:
     if _extension.load() is None:
         return
 
-    @torch.library.register_fake("convmixer_kernels::fused_forward_eval")
+    @torch.library.register_fake("convmixer_kernels::_kernel_forward_eval")
     def _(x, weight, bias, gamma, beta, running_mean, running_var, eps, activation):
         return _fake_forward_eval(x)
 
-    @torch.library.register_fake("convmixer_kernels::fused_forward_train")
+    @torch.library.register_fake("convmixer_kernels::_kernel_forward_train")
     def _(x, weight, bias, gamma, beta, eps, activation):
         return _fake_forward_train(x)
 
-    @torch.library.register_fake("convmixer_kernels::fused_backward")
+    @torch.library.register_fake("convmixer_kernels::_kernel_backward")
     def _(grad_out, x, weight, bias, gamma, mean, var, eps, batch_stats, activation):
         return _fake_backward(x, weight)

@@ -52,7 +52,8 @@ class Backend:
             where = " or ".join(self.DEVICES)
             return f"the {self.NAME} backend runs on {where} tensors, not {device.type}"
         if dtype not in self.DTYPES:
-            supported = ", ".join(dtype_name(d) for d in self.DTYPES[:-1]) + f" and {dtype_name(self.DTYPES[-1])}"
+            names = [dtype_name(d) for d in self.DTYPES]
+            supported = names[0] if len(names) == 1 else ", ".join(names[:-1]) + f" and {names[-1]}"
             return f"the {self.NAME} kernels support {supported}, not {dtype_name(dtype)}"
         return self.why_not_here(device)
 

@@ -18,5 +18,5 @@ class CompiledBackend(Backend):
         # Looked up on first use: the ops exist only once the extension has loaded.
         if CompiledBackend._ops is None:
             ops = torch.ops.convmixer_kernels
-            CompiledBackend._ops = SimpleNamespace(**{p: getattr(ops, f"fused_{p}") for p in _PASSES})
+            CompiledBackend._ops = SimpleNamespace(**{p: getattr(ops, f"_kernel_{p}") for p in _PASSES})
         return CompiledBackend._ops

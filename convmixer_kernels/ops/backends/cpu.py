@@ -1,5 +1,5 @@
 """The `cpu` backend: the C++ kernels of csrc/cpu (OpenMP + SIMD, one build per
-instruction-set level), bound in csrc/mixer_block.cpp."""
+instruction-set level), bound in csrc/cpu/binding.cpp."""
 
 from typing import Optional
 

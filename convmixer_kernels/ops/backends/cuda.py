@@ -1,5 +1,5 @@
 """The `cuda` backend: the torch-free CUDA C++ kernels of csrc/cuda, bound in
-csrc/cuda_bindings.cpp."""
+csrc/cuda/binding.cpp."""
 
 from typing import Optional
 
