@@ -25,7 +25,7 @@ from torch import nn
 
 from tests.harness import sync_worker
 from tests.harness.parity import OPTIONAL_PARAMETERS, Case, check_backend, make_inputs
-from test_cpu_capability import RUNNABLE, cpu_level
+from tests.harness.cpu_levels import RUNNABLE, cpu_level
 
 import convmixer_kernels as cmk
 from convmixer_kernels.ops import backends

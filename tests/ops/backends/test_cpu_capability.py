@@ -10,7 +10,6 @@ the accumulation dtype came out float32 and every float64 call failed with
 "bn_weight must be Float, got Double". The bindings now get no ISA or tuning flags.
 """
 
-import contextlib
 import os
 import shutil
 import subprocess
@@ -21,22 +20,10 @@ import torch
 
 import convmixer_kernels as cmk
 from convmixer_kernels import _extension
+from tests.harness.cpu_levels import RUNNABLE, cpu_level
 from tests.harness.parity import Case, check_backend, make_inputs, run_block
 
 pytestmark = pytest.mark.skipif(_extension.load() is None, reason="the compiled extension did not load")
-
-RUNNABLE = [level for level, runs in cmk.cpu_capabilities().items() if runs]
-
-
-@contextlib.contextmanager
-def cpu_level(level):
-    before = cmk.cpu_capability()
-    _extension.load()._set_cpu_capability(level)
-    try:
-        yield
-    finally:
-        _extension.load()._set_cpu_capability(before)
-
 
 def test_default_level_is_the_best_this_cpu_runs():
     levels = cmk.cpu_capabilities()
