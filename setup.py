@@ -67,7 +67,7 @@ def cuda_arch_flags(archs):
 
 # x86-64 capability level -> compile flags. Every level is tuned for no particular CPU: a tuning flag must not
 # change results, and GCC 12.2's -mtune=rocketlake (what -march=native gives on a Sapphire
-# Rapids Xeon) miscompiled a flag test in the bindings (see tests/test_cpu_capability.py).
+# Rapids Xeon) miscompiled a flag test in the bindings (see tests/ops/backends/test_cpu_capability.py).
 CPU_LEVELS = {
     "baseline": ["-march=x86-64", "-mtune=generic"],
     "avx2": ["-march=x86-64-v3", "-mtune=generic"],
@@ -159,7 +159,7 @@ class BuildExtensionWithCpuLevels(BuildExtension):
 def extension():
     level_defines = [f"-DCMK_CPU_LEVEL_{name.upper()}" for name, _ in cpu_levels() if name != "baseline"]
     cxx = CXX_FLAGS + level_defines
-    sources = ["csrc/mixer_block.cpp", "csrc/cpu/dispatch.cpp"]  # no ISA flags
+    sources = ["csrc/ops.cpp", "csrc/cpu/binding.cpp", "csrc/cpu/dispatch.cpp"]  # no ISA flags
     with_cuda, why = cuda_build_wanted()
     print(f"convmixer_kernels: CUDA kernels {'built' if with_cuda else 'skipped'}: {why}")
     print(f"convmixer_kernels: CPU levels {', '.join(name for name, _ in cpu_levels())}")
@@ -171,8 +171,8 @@ def extension():
             extra_link_args=["-fopenmp"],
         )
     archs = os.environ.get("CONVMIXER_KERNELS_CUDA_ARCHS", "8.0;9.0")
-    cuda_sources = ["csrc/cuda_bindings.cpp"] + sorted(glob.glob("csrc/cuda/*.cu"))
-    defines = ["-DCONVMIXER_KERNELS_WITH_CUDA", f'-DCONVMIXER_KERNELS_CUDA_ARCH_LIST="{archs}"']
+    cuda_sources = ["csrc/cuda/binding.cpp"] + sorted(glob.glob("csrc/cuda/*.cu"))
+    defines = ["-DCONVMIXER_KERNELS_WITH_CUDA"]
     return CUDAExtension(
         "convmixer_kernels._C",
         sources + cuda_sources,

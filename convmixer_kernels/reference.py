@@ -11,8 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-ACTIVATIONS = ("gelu", "gelu_tanh", "relu", "silu")
-MAX_KERNEL_SIZE = 31
+from .conventions import ACTIVATIONS, MAX_KERNEL_SIZE  # noqa: F401  (re-exported: part of the spec)
 
 
 def same_padding(kernel_size: int) -> Tuple[int, int]:
@@ -22,28 +21,28 @@ def same_padding(kernel_size: int) -> Tuple[int, int]:
     return before, kernel_size - 1 - before
 
 
-def activation(h: Tensor, name: str) -> Tensor:
-    if name == "gelu":
+def apply_activation(h: Tensor, activation: str) -> Tensor:
+    if activation == "gelu":
         return F.gelu(h)
-    if name == "gelu_tanh":
+    if activation == "gelu_tanh":
         return F.gelu(h, approximate="tanh")
-    if name == "relu":
+    if activation == "relu":
         return F.relu(h)
-    if name == "silu":
+    if activation == "silu":
         return F.silu(h)
-    raise ValueError(f"activation must be one of {ACTIVATIONS}, got {name!r}")
+    raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
 
 
-def activation_module(name: str) -> nn.Module:
+def activation_module(activation: str) -> nn.Module:
     modules = {
         "gelu": lambda: nn.GELU(),
         "gelu_tanh": lambda: nn.GELU(approximate="tanh"),
         "relu": lambda: nn.ReLU(),
         "silu": lambda: nn.SiLU(),
     }
-    if name not in modules:
-        raise ValueError(f"activation must be one of {ACTIVATIONS}, got {name!r}")
-    return modules[name]()
+    if activation not in modules:
+        raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
+    return modules[activation]()
 
 
 def activation_name(module: nn.Module) -> Optional[str]:
@@ -77,7 +76,7 @@ def mixer_block_reference(
     training: bool,
     momentum: float = 0.1,
     eps: float = 1e-5,
-    activation_fn: str = "gelu",
+    activation: str = "gelu",
 ) -> Tensor:
     """y = x + BN(act(dwconv(x))), as nn.BatchNorm2d computes BN.
 
@@ -87,7 +86,7 @@ def mixer_block_reference(
     """
     h = depthwise_conv_same(x, conv_weight, conv_bias)
     return x + normalized_activation(h, bn_weight, bn_bias, running_mean, running_var, training=training,
-                                     momentum=momentum, eps=eps, activation_fn=activation_fn)
+                                     momentum=momentum, eps=eps, activation=activation)
 
 
 def normalized_activation(
@@ -100,12 +99,12 @@ def normalized_activation(
     training: bool,
     momentum: float = 0.1,
     eps: float = 1e-5,
-    activation_fn: str = "gelu",
+    activation: str = "gelu",
 ) -> Tensor:
     """BN(act(h)) of the block for a given conv output h (see mixer_block_reference)."""
     use_batch_stats = training or running_mean is None
     return F.batch_norm(
-        activation(h, activation_fn), running_mean, running_var, bn_weight, bn_bias, use_batch_stats, momentum, eps
+        apply_activation(h, activation), running_mean, running_var, bn_weight, bn_bias, use_batch_stats, momentum, eps
     )
 
 
@@ -120,12 +119,12 @@ class Residual(nn.Module):
         return self.fn(x) + x
 
 
-def plain_mixer_block(dim: int, kernel_size: int, activation_fn: str = "gelu") -> Residual:
+def plain_mixer_block(dim: int, kernel_size: int, activation: str = "gelu") -> Residual:
     """The eager mixer block: Residual(Conv2d depthwise 'same' -> act -> BatchNorm2d)."""
     return Residual(
         nn.Sequential(
             nn.Conv2d(dim, dim, kernel_size, groups=dim, padding="same"),
-            activation_module(activation_fn),
+            activation_module(activation),
             nn.BatchNorm2d(dim),
         )
     )
@@ -135,7 +134,7 @@ def plain_mixer_block(dim: int, kernel_size: int, activation_fn: str = "gelu") -
 def gemm_epilogue_reference(x: Tensor, weight: Tensor, bias: Optional[Tensor], *bn_args, **bn_kwargs) -> Tensor:
     """BN(act(x @ weight.T + bias)) for rows x (M, K), weight (N, K): BN's features are
     the N columns, its batch the M rows. bn_args / bn_kwargs: normalized_activation's
-    (bn_weight, bn_bias, running_mean, running_var; training, momentum, eps, activation_fn)."""
+    (bn_weight, bn_bias, running_mean, running_var; training, momentum, eps, activation)."""
     return normalized_activation(F.linear(x, weight, bias), *bn_args, **bn_kwargs)
 
 

@@ -1,25 +1,56 @@
-// Input checks and tensor -> params conversion shared by the CPU registration
-// (mixer_block.cpp) and the CUDA one (cuda_bindings.cpp). Each check names the argument
-// and what was expected; nothing reaches a kernel with strides it does not handle.
+// What every backend's registration shares (csrc/cpu/binding.cpp, csrc/cuda/binding.cpp):
+// input checks, tensor -> params conversion, the dtype dispatch and the layout rule.
+// Each check names the argument and what was expected; nothing reaches a kernel with
+// strides it does not handle.
 #pragma once
 
 #include <torch/library.h>
 #include <ATen/ATen.h>
 
+#include <array>
 #include <string>
+#include <type_traits>
+#include <utility>
 
 #include "mixer_block_params.h"
 
 namespace convmixer_kernels {
 
+// The names the ops take; ops.cpp exports the table as _C.activation_codes.
+inline constexpr std::array<std::pair<const char*, Activation>, 4> kActivationNames{{
+    {"gelu", Activation::kGelu},
+    {"gelu_tanh", Activation::kGeluTanh},
+    {"relu", Activation::kRelu},
+    {"silu", Activation::kSilu},
+}};
+
 inline Activation parse_activation(const std::string& name) {
-  if (name == "gelu") return Activation::kGelu;
-  if (name == "gelu_tanh") return Activation::kGeluTanh;
-  if (name == "relu") return Activation::kRelu;
-  if (name == "silu") return Activation::kSilu;
+  for (const auto& [known, act] : kActivationNames) {
+    if (name == known) return act;
+  }
   TORCH_CHECK(false, "mixer_block: activation must be one of 'gelu', 'gelu_tanh', 'relu', 'silu', got '",
               name, "'");
 }
+
+template <at::ScalarType S>
+using ScalarTag = std::integral_constant<at::ScalarType, S>;
+
+// Calls f(ScalarTag<dtype>{}) where dtype is one of Supported; otherwise an error naming
+// the op, the dtypes it supports and `note` (where else the dtype runs). Each binding maps
+// the tag to its kernels' element type.
+template <at::ScalarType... Supported, typename F>
+void dispatch_dtype(at::ScalarType dtype, const char* op, const char* note, F&& f) {
+  const bool found = ((dtype == Supported ? (f(ScalarTag<Supported>{}), true) : false) || ...);
+  if (!found) {
+    std::string supported;
+    ((supported += (supported.empty() ? "" : ", ") + std::string(c10::toString(Supported))), ...);
+    TORCH_CHECK(false, op, ": the kernels support ", supported, ", got ", dtype, note);
+  }
+}
+
+// Which kernels a dense x takes: a tensor dense in both layouts (C == 1, or H == W == 1)
+// takes the NCHW ones, as convmixer_kernels/conventions.py's layout_of says.
+inline bool uses_channels_last_kernels(const at::Tensor& x) { return !x.is_contiguous(); }
 
 // float32 for reduced-precision inputs, float64 for float64 (gradcheck).
 inline at::ScalarType acc_dtype(at::ScalarType t) {

@@ -25,7 +25,7 @@
 # Afterwards, here: python scripts/gpu_results.py <files_at>/bench.csv
 #
 # GPU_CHECK_CLOCK (tests only): a file holding the time in seconds, read instead of the
-# wall clock, so tests/test_gpu_check.py can run the plumbing with stub commands.
+# wall clock, so tests/tools/test_gpu_check.py can run the plumbing with stub commands.
 set -u
 cd "$(dirname "$0")/.." || exit 1
 ROOT=$PWD

@@ -56,10 +56,11 @@ def main(argv=None):
         written = [path, write_markdown(path)] + ([] if args.no_plots else plot(path))
         print(f"{device}: {len(group)} rows -> " + ", ".join(os.path.relpath(p, ROOT) for p in written))
 
-    from convmixer_kernels.ops import auto_select
+    from tools import auto_table
 
-    merged = auto_select.update_table(rows, args.table)
-    print(f"auto_select: {merged} entries merged into {args.table or auto_select.TABLE_PATH}")
+    table = args.table or auto_table.CHECKOUT_TABLE
+    merged = auto_table.update_table(rows, table)
+    print(f"auto_select: {merged} entries merged into {table}")
 
 
 if __name__ == "__main__":

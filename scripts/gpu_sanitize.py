@@ -8,7 +8,7 @@ k=7 NCHW with 16-byte staging, bf16 k=9 channels_last on 16x16 tiles), the wide 
 tile every ConvMixer shape selects (34 x 8 channel groups = 272 blocks >= 2 x 132 SMs, see
 launch.cuh make_plan), fp16 k=3, CUDA cores with element-wise staging (f32 k=5, C % 4 !=
 0) and the generic k (f32 k=4, bf16 k=2). Small, because instrumentation slows kernels a
-hundredfold. tests/test_cuda_gpu.py::test_compute_sanitizer runs this script too.
+hundredfold. tests/ops/backends/test_cuda_gpu.py::test_compute_sanitizer runs this script too.
 """
 
 import torch

@@ -4,7 +4,7 @@
     python scripts/gpu_smoke.py triton      # cases spread over worker processes (compiles)
     python scripts/gpu_smoke.py big         # 256x1536x32x32 bf16: 32-bit index overflow
 
-Each case runs eval and training, forward and backward, through tests/parity.py against
+Each case runs eval and training, forward and backward, through tests/harness/parity.py against
 reference.py in float64 with poisoned outputs, and prints one line: every output's error
 next to eager's and the bound (2x eager + atol). Exit 1 on any failure. One process per
 backend (gpu_check.sh), so a sticky CUDA error stops only its own cases.
@@ -19,7 +19,7 @@ import traceback
 
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the checkout: tests.harness
 
 BF, F16, F32 = torch.bfloat16, torch.float16, torch.float32
 # (dtype, layout, n, c, h, w, k, activation). csrc/cuda: 16-bit dtypes with k in 3/5/7/9
@@ -48,7 +48,7 @@ CASES = {
 
 def run_case(backend, spec, device="cuda"):
     """One case, both modes: (ok, the lines to print)."""
-    from parity import Case, backend_errors, make_inputs
+    from tests.harness.parity import Case, backend_errors, make_inputs
 
     dtype, layout, n, c, h, w, k, act = spec
     case = Case(n=n, c=c, h=h, w=w, k=k, dtype=dtype, layout=layout, activation=act, device=device)

@@ -30,7 +30,8 @@ from torch import Tensor
 
 from ..reference import ACTIVATIONS, gemm_epilogue_reference
 from . import gemm_epilogue_blocked as blocked
-from .mixer_block import refuse_double_backward, _update_running_stats
+from .custom_ops import refuse_double_backward
+from .mixer_block import _update_running_stats
 
 BACKENDS = ("blocked", "triton")
 
@@ -211,7 +212,7 @@ def gemm_epilogue(x: Tensor, weight: Tensor, bias: Optional[Tensor], bn_weight: 
     if x.shape[0] == 0:
         # Nothing to normalize: eager's ops give the empty result and leave the running statistics alone.
         return gemm_epilogue_reference(x, weight, bias, bn_weight, bn_bias, running_mean, running_var,
-                                       training=training, momentum=momentum, eps=eps, activation_fn=activation)
+                                       training=training, momentum=momentum, eps=eps, activation=activation)
     name = _resolve(backend, x)
     acc = blocked.acc_dtype(x.dtype)
     x, weight = x.contiguous(), weight.contiguous()

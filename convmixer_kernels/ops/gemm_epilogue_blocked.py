@@ -19,7 +19,7 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
-from ..reference import activation as act
+from ..reference import apply_activation as act
 
 BLOCK_BYTES = 3 << 20
 MIN_BLOCK_ROWS = 256

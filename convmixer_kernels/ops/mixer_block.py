@@ -1,201 +1,19 @@
-"""The mixer_block op: input checks, backend choice, the torch.library custom ops with
-their fake implementations and autograd, autocast and the running-statistics update.
-
-Three custom ops carry the work, each taking the backend name as an argument:
-  convmixer_kernels::mixer_block_eval      y                  (BN frozen at the running stats)
-  convmixer_kernels::mixer_block_train     (y, mean, var)     (batch statistics)
-  convmixer_kernels::mixer_block_backward  (dx, dw, db, dgamma, dbeta)
-They are functional (torch.library allows autograd only on ops that mutate nothing), so
-the in-place running-statistics update happens in `mixer_block` after the forward op,
-on C-length vectors.
-"""
+"""The public mixer_block op: input checks, autocast, the backend choice and the
+running-statistics update around the custom ops of ops/custom_ops.py."""
 
 import contextlib
 import numbers
-from typing import Optional, Tuple
+from typing import Optional
 
 import torch
 from torch import Tensor
 
-from ..reference import ACTIVATIONS, MAX_KERNEL_SIZE, mixer_block_reference
-from . import auto_select, backends
+from ..conventions import ACTIVATIONS, MAX_KERNEL_SIZE, acc_dtype, memory_format_of
+from ..reference import mixer_block_reference
+from . import auto_select, backends, custom_ops  # noqa: F401  custom_ops registers torch.ops.convmixer_kernels.mixer_block_*
 from . import sync as sync_ops
 
 _FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
-
-
-def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-@torch.library.custom_op("convmixer_kernels::mixer_block_eval", mutates_args=())
-def _mixer_block_eval(
-    x: Tensor,
-    weight: Tensor,
-    bias: Optional[Tensor],
-    gamma: Optional[Tensor],
-    beta: Optional[Tensor],
-    running_mean: Tensor,
-    running_var: Tensor,
-    eps: float,
-    activation: str,
-    backend: str,
-) -> Tensor:
-    return backends.get_backend(backend).forward_eval(
-        x, weight, bias, gamma, beta, running_mean, running_var, eps, activation
-    )
-
-
-@_mixer_block_eval.register_fake
-def _(x, weight, bias, gamma, beta, running_mean, running_var, eps, activation, backend):
-    return torch.empty_like(x)
-
-
-@torch.library.custom_op("convmixer_kernels::mixer_block_train", mutates_args=())
-def _mixer_block_train(
-    x: Tensor,
-    weight: Tensor,
-    bias: Optional[Tensor],
-    gamma: Optional[Tensor],
-    beta: Optional[Tensor],
-    eps: float,
-    activation: str,
-    backend: str,
-) -> Tuple[Tensor, Tensor, Tensor]:
-    return tuple(
-        backends.get_backend(backend).forward_train(x, weight, bias, gamma, beta, eps, activation)
-    )
-
-
-@_mixer_block_train.register_fake
-def _(x, weight, bias, gamma, beta, eps, activation, backend):
-    stats = x.new_empty((x.shape[1],), dtype=_acc_dtype(x.dtype))
-    return torch.empty_like(x), stats, torch.empty_like(stats)
-
-
-@torch.library.custom_op("convmixer_kernels::mixer_block_backward", mutates_args=())
-def _mixer_block_backward(
-    grad_out: Tensor,
-    x: Tensor,
-    weight: Tensor,
-    bias: Optional[Tensor],
-    gamma: Optional[Tensor],
-    mean: Tensor,
-    var: Tensor,
-    eps: float,
-    batch_stats: bool,
-    activation: str,
-    backend: str,
-) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    return tuple(
-        backends.get_backend(backend).backward(
-            grad_out, x, weight, bias, gamma, mean, var, eps, batch_stats, activation
-        )
-    )
-
-
-@_mixer_block_backward.register_fake
-def _(grad_out, x, weight, bias, gamma, mean, var, eps, batch_stats, activation, backend):
-    acc = _acc_dtype(x.dtype)
-    vec = x.new_empty((x.shape[1],), dtype=acc)
-    return (
-        torch.empty_like(x),
-        weight.new_empty(weight.shape, dtype=acc),
-        torch.empty_like(vec),
-        torch.empty_like(vec),
-        torch.empty_like(vec),
-    )
-
-
-def _memory_format(x: Tensor) -> torch.memory_format:
-    if x.is_contiguous():
-        return torch.contiguous_format
-    if x.is_contiguous(memory_format=torch.channels_last):
-        return torch.channels_last
-    # Neither dense layout (a slice, a permutation): copy into the one its strides are
-    # closest to, so the output keeps the caller's layout as eager's conv does.
-    return torch.channels_last if x.stride(1) < x.stride(3) else torch.contiguous_format
-
-
-def grad_like(grad: Tensor, weight: Tensor) -> Tensor:
-    """The conv-weight gradient in the weight's dtype and strides. The kernels take a
-    contiguous weight; a channels_last model's (C, 1, k, k) weight is contiguous too but
-    with another stride on the size-1 dimension, and DistributedDataParallel's gradient
-    buckets compare strides literally (a warning, and a slower copy, on every step)."""
-    grad = grad.to(weight.dtype)
-    return grad if grad.stride() == weight.stride() else grad.as_strided(weight.shape, weight.stride())
-
-
-def refuse_double_backward(grad_y: Tensor) -> None:
-    """The kernels' backward is not itself differentiable: refuse create_graph=True (or
-    torch.autograd.grad(..., create_graph=True)) at the first backward, instead of
-    returning gradients that would silently lack their own graph."""
-    if torch.is_grad_enabled() and not torch.compiler.is_compiling():
-        raise RuntimeError(
-            "mixer_block: double backward (create_graph=True) is not supported: the fused kernels' backward "
-            "is not differentiable (on every backend, eager included). For higher-order gradients run the "
-            "plain eager block: unswap_mixer_blocks(model), or reference.mixer_block_reference"
-        )
-
-
-def _backward(ctx, grad_y, *unused_stat_grads):
-    refuse_double_backward(grad_y)
-    x, weight, bias, gamma, mean, var = ctx.saved_tensors
-    bias = bias if ctx.has_bias else None
-    gamma = gamma if ctx.has_gamma else None
-    # The incoming gradient may have any strides (expanded, permuted); the kernels read
-    # it with x's layout.
-    grad_y = grad_y.contiguous(memory_format=_memory_format(x))
-    dx, dw, db, dgamma, dbeta = torch.ops.convmixer_kernels.mixer_block_backward(
-        grad_y, x, weight, bias, gamma, mean, var, ctx.eps, ctx.batch_stats, ctx.activation, ctx.backend
-    )
-    grads = [
-        dx,
-        grad_like(dw, weight),
-        db.to(bias.dtype) if bias is not None else None,
-        dgamma.to(ctx.gamma_dtype) if ctx.has_gamma else None,
-        dbeta.to(ctx.beta_dtype) if ctx.has_beta else None,
-    ]
-    return grads
-
-
-def _save_common(ctx, x, weight, bias, gamma, beta, eps, activation, backend):
-    ctx.has_bias = bias is not None
-    ctx.has_gamma = gamma is not None
-    ctx.has_beta = beta is not None
-    ctx.gamma_dtype = gamma.dtype if gamma is not None else None
-    ctx.beta_dtype = beta.dtype if beta is not None else None
-    ctx.eps = eps
-    ctx.activation = activation
-    ctx.backend = backend
-
-
-def _setup_eval(ctx, inputs, output):
-    x, weight, bias, gamma, beta, running_mean, running_var, eps, activation, backend = inputs
-    _save_common(ctx, x, weight, bias, gamma, beta, eps, activation, backend)
-    ctx.batch_stats = False
-    ctx.save_for_backward(x, weight, bias, gamma, running_mean, running_var)
-
-
-def _backward_eval(ctx, grad_y):
-    return (*_backward(ctx, grad_y), None, None, None, None, None)
-
-
-def _setup_train(ctx, inputs, output):
-    x, weight, bias, gamma, beta, eps, activation, backend = inputs
-    _, mean, var = output
-    _save_common(ctx, x, weight, bias, gamma, beta, eps, activation, backend)
-    ctx.batch_stats = True
-    ctx.mark_non_differentiable(mean, var)
-    ctx.save_for_backward(x, weight, bias, gamma, mean, var)
-
-
-def _backward_train(ctx, grad_y, grad_mean, grad_var):
-    return (*_backward(ctx, grad_y), None, None, None)
-
-
-_mixer_block_eval.register_autograd(_backward_eval, setup_context=_setup_eval)
-_mixer_block_train.register_autograd(_backward_train, setup_context=_setup_train)
 
 
 def _check_vector(t: Optional[Tensor], name: str, x: Tensor) -> None:
@@ -317,7 +135,7 @@ def mixer_block(
         conv_bias = conv_bias.to(low).to(compute) if conv_bias is not None else None
     _check_inputs(x, conv_weight, conv_bias, bn_weight, bn_bias, running_mean, running_var,
                   momentum, eps, activation)
-    x = x.contiguous(memory_format=_memory_format(x))
+    x = x.contiguous(memory_format=memory_format_of(x))
     use_batch_stats = training or running_mean is None
     group = None if on_meta else sync_ops.sync_group(sync, process_group, training)
     if x.numel() == 0 and group is None and not on_meta:
@@ -325,15 +143,16 @@ def mixer_block(
         # gradients for the parameters) and leave the running statistics alone.
         return mixer_block_reference(x, conv_weight, conv_bias, bn_weight, bn_bias, running_mean, running_var,
                                      training=training, momentum=momentum, eps=eps,
-                                     activation_fn=activation).to(out_dtype)
+                                     activation=activation).to(out_dtype)
     if on_meta:
         # The custom ops' fake implementations give the meta outputs, as eager does; no
         # backend runs, so none is chosen.
         name = "eager"
     else:
         problem = auto_select.Problem.of(x, conv_weight, use_batch_stats, activation) if backend == "auto" else None
-        name = backends.resolve(backend, x.device, x.dtype, problem, synced=group is not None)
-    acc = _acc_dtype(x.dtype)
+        name = backends.resolve(backend, x.device, x.dtype, problem, synced=group is not None,
+                                kernel_size=int(conv_weight.shape[-1]))
+    acc = acc_dtype(x.dtype)
     weight = conv_weight.contiguous()
     vectors = [t.to(acc).contiguous() if t is not None else None for t in (bn_weight, bn_bias)]
     no_autocast = contextlib.nullcontext() if on_meta else torch.autocast(x.device.type, enabled=False)

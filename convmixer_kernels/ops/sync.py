@@ -1,9 +1,9 @@
-"""Synchronized BatchNorm statistics for the mixer block (DESIGN.md, "Synchronized
+"""Synchronized BatchNorm statistics for the mixer block (docs/design.md, "Synchronized
 statistics"), on torch.distributed: gloo on the CPU, NCCL on CUDA, any process group.
 
 The kernels already split training into a statistics pass and an apply pass, and the
 backward into a sum pass and apply passes; `SyncedTrain` runs those pieces of the chosen
-backend (ops/backends.py: forward_stats, forward_eval as the apply pass, backward_sums,
+backend (ops/backends: forward_stats, forward_eval as the apply pass, backward_sums,
 backward_with_sums) with one small collective between them:
 
   forward   stats pass -> all_gather of (count, mean, M2) per channel, 3*C float64 per
@@ -16,7 +16,7 @@ No extra pass over the activation. The parameter gradients are those of the loca
 batch (DistributedDataParallel averages them, as with nn.SyncBatchNorm); the input
 gradient is that of the loss summed over every process.
 
-The unsynchronized op (ops/mixer_block.py's custom ops) is untouched: the collectives
+The unsynchronized op (ops/custom_ops.py) is untouched: the collectives
 live in this autograd.Function, between kernel calls, so torch.compile and opcheck see
 the same custom ops as before.
 """
@@ -27,7 +27,9 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from ..conventions import acc_dtype, memory_format_of
 from . import backends
+from .custom_ops import grad_like, refuse_double_backward
 
 
 def sync_group(sync: bool, process_group, training: bool):
@@ -61,23 +63,15 @@ def merge_statistics(stats: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
     return count, mean, m2
 
 
-def _acc(x: Tensor) -> torch.dtype:
-    return torch.float64 if x.dtype == torch.float64 else torch.float32
-
-
-def _layout(x: Tensor) -> torch.memory_format:
-    return torch.contiguous_format if x.is_contiguous() else torch.channels_last
-
-
 class SyncedTrain(torch.autograd.Function):
     """(y, mean, biased var, global count) of a training call with statistics over the
-    batches of every process of `group`; inputs as the custom ops of ops/mixer_block.py
+    batches of every process of `group`; inputs as the custom ops of ops/custom_ops.py
     take them (x dense, BN vectors in the accumulation dtype)."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, gamma, beta, eps: float, activation: str, backend: str, group):
         impl = backends.get_backend(backend)
-        acc = _acc(x)
+        acc = acc_dtype(x.dtype)
         local = x.shape[0] * x.shape[2] * x.shape[3]
         channels = x.shape[1]
         if local > 0:
@@ -107,14 +101,12 @@ class SyncedTrain(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_y, unused_mean_grad, unused_var_grad, unused_count_grad):
-        from .mixer_block import grad_like, refuse_double_backward
-
         refuse_double_backward(grad_y)
         x, weight, bias, gamma, mean, var = ctx.saved_tensors
         has_bias, has_gamma, has_beta = ctx.has
         impl = backends.get_backend(ctx.backend)
-        acc = _acc(x)
-        grad_y = grad_y.contiguous(memory_format=_layout(x))
+        acc = acc_dtype(x.dtype)
+        grad_y = grad_y.contiguous(memory_format=memory_format_of(x))
         local_bias = bias if has_bias else None
         if x.numel() > 0:
             sum_dy, sum_dy_xhat = impl.backward_sums(grad_y, x, weight, local_bias, mean, var, ctx.eps,
@@ -140,8 +132,3 @@ class SyncedTrain(torch.autograd.Function):
             sum_dy if has_beta else None,
             None, None, None, None,
         )
-
-
-def synced_backend_reason(backend) -> Optional[str]:
-    """None if `backend` (a backend object) runs the synchronized pieces, else why not."""
-    return getattr(backend, "why_no_sync", lambda: None)()

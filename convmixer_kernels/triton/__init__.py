@@ -1,7 +1,7 @@
 """Triton kernels of the mixer block (the `triton` backend).
 
 Nothing here imports triton at package import: `backend` is loaded on first use by
-ops/backends.py, so convmixer_kernels imports without triton installed. On CPU the
+ops/backends/triton.py, so convmixer_kernels imports without triton installed. On CPU the
 kernels run under TRITON_INTERPRET=1, which must be set before triton is imported.
 
   activations.py             act and act' as device functions

@@ -1,6 +1,6 @@
 """The four activations of the mixer block and their derivatives, as Triton device
-functions on float32 values. ACT is a compile-time code, the same numbering as
-csrc/mixer_block_params.h (gelu 0, gelu_tanh 1, relu 2, silu 3).
+functions on float32 values. ACT is a compile-time code, conventions.ACTIVATION_CODES
+(the numbering of csrc/mixer_block_params.h).
 
 The constants are written as literals: 0.7071067811865476 = 1/sqrt(2),
 0.3989422804014327 = 1/sqrt(2 pi), 0.7978845608028654 = sqrt(2/pi), 0.044715 the
@@ -10,12 +10,12 @@ tl.sigmoid under the interpreter in triton 3.9.)"""
 import triton
 import triton.language as tl
 
-GELU = 0
-GELU_TANH = 1
-RELU = 2
-SILU = 3
+from ..conventions import ACTIVATION_CODES
 
-CODES = {"gelu": GELU, "gelu_tanh": GELU_TANH, "relu": RELU, "silu": SILU}
+GELU = ACTIVATION_CODES["gelu"]
+GELU_TANH = ACTIVATION_CODES["gelu_tanh"]
+RELU = ACTIVATION_CODES["relu"]
+SILU = ACTIVATION_CODES["silu"]
 
 
 @triton.jit

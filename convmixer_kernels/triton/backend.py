@@ -1,5 +1,5 @@
-"""The `triton` backend of mixer_block: the backend interface of ops/backends.py on top
-of the kernels in this package.
+"""The launchers of the `triton` backend (ops/backends/triton.py): the passes of
+ops/backends/base.py on top of the kernels in this package.
 
 Passes (one launch each):
   eval forward      apply                                   (BN folded to a per-channel affine)
@@ -16,7 +16,6 @@ Every reduction goes through per-region partials and reductions.py: no atomics, 
 same bits on every run with a fixed config.
 """
 
-import os
 from types import SimpleNamespace
 from typing import Optional
 
@@ -27,9 +26,8 @@ from . import banded_channels_last, banded_nchw
 from . import kernels_channels_last as cl
 from . import kernels_nchw as nchw
 from . import reductions, tuning
-from .activations import CODES
+from ..conventions import ACTIVATION_CODES, layout_of, memory_format
 
-_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 # Inputs whose convolutions run on tensor cores (tl.dot on the banded row matrix, fp32
 # accumulation). float32 never reaches tl.dot, so no TF32 rounding can creep in: its
 # kernels are the exact CUDA-core ones.
@@ -71,22 +69,6 @@ _RED_BLOCK_COLS = 128
 _INT32_MAX = 2**31 - 1
 
 
-def why_unavailable(device: torch.device, dtype: torch.dtype) -> Optional[str]:
-    if dtype not in _DTYPES:
-        return f"the triton kernels support float32, float16 and bfloat16, not {dtype}"
-    if device.type == "cuda":
-        return None if torch.cuda.is_available() else "no CUDA device is available"
-    if device.type == "cpu":
-        if os.environ.get("TRITON_INTERPRET") == "1":
-            if dtype == torch.bfloat16 and tuning.tensor_cores_enabled():
-                # numpy has no bfloat16: the interpreter's tl.dot multiplies the raw bits.
-                return (f"the Triton interpreter cannot run the bfloat16 tensor-core kernels (set "
-                        f"{tuning.TENSOR_CORES_ENV}=0 for the CUDA-core ones)")
-            return None
-        return "the triton backend runs on CUDA tensors (on CPU only under TRITON_INTERPRET=1)"
-    return f"the triton backend runs on CUDA tensors, not {device.type}"
-
-
 def _multiprocessors(device: torch.device) -> int:
     if device.type == "cuda":
         return torch.cuda.get_device_properties(device).multi_processor_count
@@ -99,17 +81,12 @@ class _Problem:
     def __init__(self, x, weight, activation):
         self.N, self.C, self.H, self.W = x.shape
         self.K = weight.shape[-1]
-        if x.is_contiguous():
-            self.layout = "nchw"
-        elif x.is_contiguous(memory_format=torch.channels_last):
-            self.layout = "channels_last"
-        else:
-            raise ValueError("triton backend: x must be contiguous NCHW or channels_last")
+        self.layout = layout_of(x)
         if self.C * self.H * self.W > _INT32_MAX:
             raise ValueError(f"triton backend: one image of x must hold fewer than 2**31 elements, got "
                              f"{self.C}x{self.H}x{self.W}")
         self.kernels = _KERNELS[self.layout]
-        self.act = CODES[activation]
+        self.act = ACTIVATION_CODES[activation]
         kk = self.K * self.K
         # float32 weights, tap-major [k*k, C] for channels_last (a contiguous vector per
         # tap), channel-major [C, k*k] for NCHW (a scalar run per plane).
@@ -242,9 +219,7 @@ def forward_train(x, weight, bias, gamma, beta, eps, activation):
 def _backward_problem(grad_out, x, weight, activation):
     prob = _Problem(x, weight, activation)
     if grad_out.stride() != x.stride():
-        grad_out = grad_out.contiguous(
-            memory_format=torch.contiguous_format if prob.layout == "nchw" else torch.channels_last
-        )
+        grad_out = grad_out.contiguous(memory_format=memory_format(prob.layout))
     return prob, grad_out
 
 

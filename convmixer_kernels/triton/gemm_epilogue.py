@@ -19,7 +19,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .activations import CODES, act_forward
+from ..conventions import ACTIVATION_CODES
+from .activations import act_forward
 
 BLOCK_M, BLOCK_N, BLOCK_K = 64, 64, 32
 
@@ -72,7 +73,7 @@ def _launch(x, weight, bias, scale, shift, activation, train):
     dummy = parts
     _gemm_epilogue_kernel[(tiles_m, triton.cdiv(n, BLOCK_N))](
         x, weight, bias if bias is not None else dummy, scale if scale is not None else dummy,
-        shift if shift is not None else dummy, y, z, parts, m2, m, n, k, ACT=CODES[activation],
+        shift if shift is not None else dummy, y, z, parts, m2, m, n, k, ACT=ACTIVATION_CODES[activation],
         HAS_BIAS=bias is not None, TRAIN=train, BM=BLOCK_M, BN=BLOCK_N, BK=BLOCK_K)
     return y, z, parts, m2
 

@@ -1,6 +1,6 @@
 // Launchers of the CUDA kernels of the mixer block. Plain C++ over the params structs of
 // ../mixer_block_params.h and a cudaStream_t; no torch header, so this compiles with nvcc
-// alone. The torch bindings (csrc/cuda_bindings.cpp) allocate outputs and workspaces,
+// alone. The torch bindings (csrc/cuda/binding.cpp) allocate outputs and workspaces,
 // pick T and the layout, and call these.
 //
 // T is float, __half or __nv_bfloat16; the per-channel vectors of the params (gamma,

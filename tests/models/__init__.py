@@ -1,0 +1,1 @@
+"""Tests of the model layer: configs, checkpoints, hub, inference, evaluation, count, export."""

@@ -1,0 +1,1 @@
+"""Tests of the nn modules: FusedMixerBlock, ConvMixer, the swap, train/eval modes."""

@@ -1,0 +1,200 @@
+"""The cuda backend's kernels (csrc/cuda) on a machine without a GPU, under the CPU
+emulator (tests/harness/cuda_emulator.py, csrc/cuda_emulator): the parity sweep against
+reference.py in float64 with poisoned outputs over every kernel path (tensor-core and
+CUDA-core convolutions, 16-byte and element-wise staging, both tile shapes, the generic
+k, many items per block), guard bands around every buffer, NaN/inf placement, and
+bitwise-equal results whatever order the threads and blocks run in (a missing barrier
+shows as a difference). The emulator's own fault reports are checked on kernels with
+known faults.
+
+What this cannot show: speed, and the tensor cores' own rounding; tests/ops/backends/test_cuda_gpu.py
+runs the same kernels on a GPU.
+"""
+
+import glob
+import os
+import re
+
+import pytest
+import torch
+
+from tests.harness import cuda_emulator
+from tests.harness.parity import OPTIONAL_PARAMETERS, Case, check_backend, make_inputs, run_block
+from tests.harness.sweep import KERNEL_SIZES, assert_nonfinite_as_in_reference
+
+pytestmark = pytest.mark.skipif(cuda_emulator.compiler() is None, reason="no C++ compiler for the CUDA emulator")
+
+NAME = "cuda_emulated"
+OUTPUTS = ("y", "running_mean", "running_var", "dx", "dweight", "dbias", "dgamma", "dbeta")
+
+
+@pytest.fixture(scope="module")
+def emulator():
+    return cuda_emulator.Emulator(cuda_emulator.build())
+
+
+@pytest.fixture
+def emulated(emulator):
+    """Registers the emulated kernels as backend "cuda_emulated" (as an H100 by default)."""
+    from convmixer_kernels.ops import backends
+
+    emulator.configure()
+    backend = backends.register_backend(cuda_emulator.EmulatedCudaBackend(emulator))
+    yield backend
+    backends.unregister_backend(NAME)
+    emulator.configure()
+
+
+def check(training, **case):
+    check_backend(make_inputs(Case(**case)), NAME, training=training)
+
+
+# --------------------------------------------------------------------------- parity
+
+
+@pytest.mark.parametrize("training", (False, True), ids=("eval", "train"))
+@pytest.mark.parametrize("layout", ("nchw", "channels_last"))
+@pytest.mark.parametrize("k", sorted({*KERNEL_SIZES, 5}))  # the sweep's, and 5: a tensor-core k
+def test_kernel_sizes_and_layouts(emulated, training, layout, k):
+    check(training, n=2, c=17, h=13, w=13, k=k, layout=layout)
+
+
+@pytest.mark.parametrize("dtype,k", [(torch.bfloat16, k) for k in (3, 5, 7, 9, 4)] + [(torch.float16, k) for k in (7, 4)],
+                         ids=lambda v: str(v)[6:] if isinstance(v, torch.dtype) else str(v))
+def test_16bit_dtypes(emulated, dtype, k):
+    # k in {3, 5, 7, 9}: the tensor-core path; k = 4: the generic one
+    for training in (False, True):
+        for layout in ("nchw", "channels_last"):
+            check(training, n=2, c=19, h=11, w=11, k=k, dtype=dtype, layout=layout)
+
+
+@pytest.mark.parametrize("activation", ("gelu_tanh", "relu", "silu"))
+def test_activations(emulated, activation):
+    for dtype, training in ((torch.float32, True), (torch.bfloat16, False), (torch.bfloat16, True)):
+        check(training, n=2, c=12, h=9, w=9, k=7, dtype=dtype, activation=activation)
+
+
+@pytest.mark.parametrize("bias,affine,running", OPTIONAL_PARAMETERS)
+def test_optional_parameters(emulated, bias, affine, running):
+    for training in (False, True):
+        for dtype in (torch.float32, torch.bfloat16):
+            check(training, n=2, c=9, h=9, w=9, k=5, dtype=dtype, bias=bias, affine=affine, running=running)
+
+
+# --------------------------------------------------------------------------- every kernel path
+#
+# 32 x 32 tiles of 8 channels need H, W > 16 and enough blocks for two per multiprocessor:
+# emulating a GPU of one multiprocessor gets them at small sizes. W (NCHW) or C
+# (channels_last) a multiple of the 16-byte vector: 16-byte staging, else element-wise.
+# (The generic k runs in test_kernel_sizes_and_layouts and test_16bit_dtypes.)
+
+
+@pytest.mark.parametrize("dtype", (torch.float32, torch.bfloat16), ids=lambda d: str(d)[6:])
+@pytest.mark.parametrize("k", (3, 7))
+@pytest.mark.parametrize("shape", ((2, 24, 32, 32), (1, 12, 20, 27), (3, 16, 16, 16)), ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("layout", ("nchw", "channels_last"))
+def test_paths(emulated, emulator, dtype, k, shape, layout):
+    emulator.configure(multiprocessors=1)
+    n, c, h, w = shape
+    for training in (False, True):
+        check(training, n=n, c=c, h=h, w=w, k=k, dtype=dtype, layout=layout)
+
+
+@pytest.mark.parametrize("dtype", (torch.float32, torch.bfloat16), ids=lambda d: str(d)[6:])
+def test_unaligned_buffers_take_the_elementwise_path(emulated, dtype):
+    emulated.misalign = 1  # every activation-sized buffer one element off 16 bytes
+    for layout in ("nchw", "channels_last"):
+        for training in (False, True):
+            check(training, n=1, c=16, h=20, w=24, k=7, dtype=dtype, layout=layout)
+
+
+@pytest.mark.parametrize("layout", ("nchw", "channels_last"))
+@pytest.mark.parametrize("hw,k", ((16, 7), (20, 6)))
+def test_many_items_per_block(emulated, emulator, layout, hw, k):
+    # one multiprocessor: 16 blocks are the target, so 20 tiles go 2 to a block, and the
+    # reductions merge the partials of 10 slices
+    emulator.configure(multiprocessors=1)
+    for training in (False, True):
+        check(training, n=20, c=8, h=hw, w=hw, k=k, dtype=torch.bfloat16, layout=layout)
+
+
+# --------------------------------------------------------------------------- NaN, inf, races
+
+
+@pytest.mark.parametrize("dtype", (torch.float32, torch.bfloat16), ids=lambda d: str(d)[6:])
+@pytest.mark.parametrize("layout", ("nchw", "channels_last"))
+def test_nan_and_inf_land_where_eager_puts_them(emulated, dtype, layout):
+    # on the tensor-core path the band's zeros meet the inputs beside each window; such
+    # tasks are recomputed exactly
+    from convmixer_kernels import mixer_block
+
+    inputs = make_inputs(Case(n=1, c=16, h=32, w=32, k=7, dtype=dtype, layout=layout))
+    x = inputs.x.clone()
+    x[0, 0, 4, 4] = float("nan")
+    x[0, 1, 20, 9] = float("inf")
+    x[0, 2, 0, 31] = float("-inf")
+    args = (x, inputs.weight, inputs.bias, inputs.gamma, inputs.beta, inputs.running_mean, inputs.running_var)
+    y = mixer_block(*args, training=False, backend=NAME)
+    assert_nonfinite_as_in_reference(y, args, NAME)
+
+
+@pytest.mark.parametrize("dtype", (torch.float32, torch.bfloat16), ids=lambda d: str(d)[6:])
+@pytest.mark.parametrize("k,layout", ((7, "nchw"), (7, "channels_last"), (4, "nchw"), (9, "channels_last")))
+def test_results_do_not_depend_on_thread_or_block_order(emulated, emulator, dtype, k, layout):
+    # Threads run ascending, descending or shuffled between barriers (blocks likewise): a
+    # shared-memory read that is missing its barrier reads another value in another order.
+    inputs = make_inputs(Case(n=2, c=20, h=17, w=18, k=k, dtype=dtype, layout=layout))
+    results = []
+    for order, seed in (("ascending", 0), ("descending", 0), ("shuffled", 1), ("shuffled", 2)):
+        emulator.configure(multiprocessors=2, order=order, seed=seed)
+        results.append((order, run_block(inputs, training=True, backend=NAME, grads=True)))
+    first_order, first = results[0]
+    for order, result in results[1:]:
+        for name in OUTPUTS:
+            assert torch.equal(result[name], first[name]), f"{name}: {order} order differs from {first_order}"
+
+
+def test_kernels_declare_no_static_shared_memory():
+    # The emulator gives each block one dynamic shared array (`extern __shared__`); any
+    # other __shared__ variable would silently become a per-thread local under it.
+    for path in glob.glob(os.path.join(cuda_emulator.CSRC, "cuda", "*")):
+        with open(path) as f:
+            for number, line in enumerate(f, 1):
+                code = line.split("//")[0]
+                if "__shared__" in code:
+                    assert re.search(r"\bextern\s+__shared__", code), f"{path}:{number}: {line.strip()}"
+
+
+# --------------------------------------------------------------------------- the emulator's own checks
+
+
+def test_missing_barrier_shows_as_an_order_dependence(emulator):
+    expected = [(3 * ((t + 1) % 256) + 1) for t in range(256)]
+    for order in ("ascending", "descending", "shuffled"):
+        emulator.configure(order=order, seed=3)
+        assert emulator.selftest("neighbour_read_with_barrier").tolist() == expected
+    emulator.configure(order="ascending")
+    ascending = emulator.selftest("neighbour_read")
+    emulator.configure(order="descending")
+    descending = emulator.selftest("neighbour_read")
+    assert not torch.equal(ascending, descending)
+    assert (ascending == -1).any()  # shared memory starts as 0xff bytes
+
+
+def test_warp_shuffles(emulator):
+    assert emulator.selftest("warp_sums").tolist() == [sum(range(32 * (t // 32), 32 * (t // 32 + 1))) for t in range(256)]
+
+
+@pytest.mark.parametrize("kernel,message", [
+    ("divergent_barrier", r"__syncthreads at .*selftest.cpp:\d+ while other threads of the block wait at "
+                          r"__syncthreads at .*selftest.cpp:\d+"),
+    ("early_exit", r"deadlock .*reached by 255 of 256 threads \(1 exited\)"),
+    ("shared_overflow", r"wrote past the end of its 1024 bytes of dynamic shared memory"),
+    ("partial_mask", r"full-warp collectives only"),
+    ("big_smem", r"65536 bytes of dynamic shared memory, the kernel may use 49152"),
+])
+def test_faults_are_reported(emulator, kernel, message):
+    emulator.configure()
+    with pytest.raises(cuda_emulator.EmulatorError, match=message):
+        emulator.selftest(kernel)
+    assert emulator.selftest("big_smem_with_attribute").tolist() == [0] * 256  # and the next call runs
