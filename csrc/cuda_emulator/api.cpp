@@ -73,6 +73,8 @@ const char* cme_last_error() { return g_error.c_str(); }
 
 int cme_selftest(const char* name, int32_t* out) { return finish(kc::run_selftest(name, out)); }
 
+uint64_t cme_attribute_calls() { return cuda_emu::attribute_calls(); }
+
 // The training forward's ordered merge of Welford partials [slices][3][C] alone, for
 // counts too large to reach through a whole forward on the emulator.
 int cme_welford_finalize(const float* partial, int slices, int C, float* mean, float* var) {

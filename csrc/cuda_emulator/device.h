@@ -72,7 +72,7 @@ enum cudaError_t {
   cudaErrorInvalidConfiguration = 9,
   cudaErrorLaunchFailure = 719,
 };
-enum cudaDeviceAttr { cudaDevAttrMultiProcessorCount = 16 };
+enum cudaDeviceAttr { cudaDevAttrMultiProcessorCount = 16, cudaDevAttrMaxSharedMemoryPerBlockOptin = 97 };
 enum cudaFuncAttribute { cudaFuncAttributeMaxDynamicSharedMemorySize = 8 };
 struct CUstream_st;
 typedef CUstream_st* cudaStream_t;
@@ -86,6 +86,7 @@ constexpr size_t kMaxDynamicSmem = 227 * 1024;
 constexpr size_t kDefaultDynamicSmem = 48 * 1024;
 
 cudaError_t set_max_dynamic_smem(const void* kernel, int bytes);
+uint64_t attribute_calls();  // cudaFuncSetAttribute calls so far, for the tests
 cudaError_t run_grid(const void* kernel, dim3 grid, dim3 block, size_t smem, const std::function<void()>& body);
 cudaError_t take_last_error();
 
@@ -122,9 +123,11 @@ inline cudaError_t cudaGetDevice(int* dev) {
   return cudaSuccess;
 }
 inline cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int) {
-  if (attr != cudaDevAttrMultiProcessorCount) return cudaErrorInvalidValue;
-  *value = cuda_emu::multiprocessors();
-  return cudaSuccess;
+  switch (attr) {
+    case cudaDevAttrMultiProcessorCount: *value = cuda_emu::multiprocessors(); return cudaSuccess;
+    case cudaDevAttrMaxSharedMemoryPerBlockOptin: *value = static_cast<int>(cuda_emu::kMaxDynamicSmem); return cudaSuccess;
+  }
+  return cudaErrorInvalidValue;
 }
 template <typename F>
 cudaError_t cudaFuncSetAttribute(F* kernel, cudaFuncAttribute attr, int value) {
