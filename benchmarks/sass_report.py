@@ -9,7 +9,7 @@ work item:
 
   - 0 for the code of the other layout, the other activations, the element-wise staging
     (the key shapes take the 16-byte paths) and the exact CUDA-core recomputation that
-    only a non-finite accumulator enters;
+    only a non-finite accumulator enters (with the code ptxas copies into its path);
   - the trip count of its staging loop (a model of the loop bounds of stage_input and
     move_tile, below) inside an inner loop of the item loop, else 1;
   - 1 / items_per_block outside the item loop (block setup and the partials).
@@ -18,8 +18,9 @@ Summed over a block's 8 warps and divided by the item's CB * TH * TW outputs, th
 instruction mix per output. With the hardware constants below it gives four floors for
 the shape (DRAM, issue slots, shared-memory wavefronts, tensor cores); the largest is the
 bound the code can at best reach. It is a static model: no latency, occupancy or
-bank-conflict effects (wavefronts assume conflict-free accesses), and subroutine calls
-(division slow paths) are not followed. Only a GPU measures the real time.
+bank-conflict effects (wavefronts assume conflict-free accesses), subroutine calls
+(division slow paths) are not followed, and code ptxas merges between activations counts
+for the one its line information names. Only a GPU measures the real time.
 
     python benchmarks/sass_report.py --label before --out benchmarks/results/cuda_sass_report_before.md
 """
@@ -140,7 +141,7 @@ class Sources:
     def __init__(self):
         self.func = {}     # (file, line) -> function name
         self.variant = {}  # (file, line) -> variant of a staging function
-        self.cases = {}    # with_activation's call line per activation
+        self.cases = {}    # with_activation's call lines per activation
         for dirpath, _, names in os.walk(os.path.join(CSRC, "cuda")):
             for name in names:
                 if name.endswith((".cuh", ".cu")):
@@ -162,9 +163,10 @@ class Sources:
                 self.func[(path, i)] = current
                 if variant:
                     self.variant[(path, i)] = variant
-            m = re.search(r"(?:case Activation::k(\w+)|default): f\(Act(\w+)\{\}\)", text)
-            if m:
-                self.cases[m.group(2).lower().replace("gelutanh", "gelu_tanh")] = (path, i)
+            m = re.search(r"\bf\(Act(\w+)\{\}\)", text) if current == "with_activation" else None
+            if m:  # ActGelu and ActGeluFast are both gelu
+                act = {"GeluTanh": "gelu_tanh", "Relu": "relu", "Silu": "silu"}.get(m.group(1), "gelu")
+                self.cases.setdefault(act, set()).add((path, i))
             if text.startswith("}"):
                 current, variant = None, None
 
@@ -350,6 +352,19 @@ def wavefronts(op: str) -> float:
     return 0.0
 
 
+def cold_blocks(blocks, succ, src: Sources) -> set:
+    """The blocks only the exact recomputation reaches: those dominated by a block that is
+    mostly conv_exact's code (ptxas copies the epilogue after it into its own path)."""
+    dom, _ = dominators(succ)
+
+    def exact_share(blk):
+        body = [i for i in blk if classify(i.op) != "control"]
+        return sum(1 for i in body if any(src.func.get(f) == "conv_exact" for f in i.chain)) / max(1, len(body))
+
+    seeds = {b for b, blk in enumerate(blocks) if exact_share(blk) > 0.5}
+    return {b for b in range(len(blocks)) if dom[b] & seeds}
+
+
 def analyse(instrs, src: Sources, k: int, c: int, layout: str, act: str):
     blocks, succ = basic_blocks(instrs)
     loops = natural_loops(succ)
@@ -358,10 +373,13 @@ def analyse(instrs, src: Sources, k: int, c: int, layout: str, act: str):
     item_body = loops[item_header]
     inner = {h: body for h, body in loops.items() if h != item_header and body < item_body}
     ipb = items_per_block(c)
-    other_cases = {v for a, v in src.cases.items() if a != act}
+    other_cases = set().union(*(v for a, v in src.cases.items() if a != act))
     wanted = f"{'nchw' if layout == 'nchw' else 'channels_last'}16"
+    cold = cold_blocks(blocks, succ, src)
 
     def excluded(ins):
+        if ins.block in cold:
+            return True
         for frame in ins.chain:
             if frame in other_cases or src.func.get(frame) == "conv_exact":
                 return True
@@ -383,7 +401,7 @@ def analyse(instrs, src: Sources, k: int, c: int, layout: str, act: str):
         t = staging_trips(k, layout, reg) if reg else 1.0
         for b in body:
             trips[b] = trips.get(b, 1.0) * t
-    case_frames = set(src.cases.values())
+    case_frames = set().union(*src.cases.values())
 
     def part(ins):
         """Which part of the kernel an instruction belongs to, for the breakdown."""
