@@ -99,6 +99,10 @@ __global__ void __launch_bounds__(kThreads, 2) tile_kernel(const TileArgs a) {
   constexpr int KB = kMma ? K : 1;                 // band fragments per channel
   constexpr int DWG = kGeneric ? 1 : DwGroups<kGeneric ? 1 : K>::G;
   using F = Frag<kMma, NB>;
+  constexpr bool kFastGelu = sizeof(Bits) == 2;  // within the rounding of 16-bit outputs (activations.cuh)
+  // the residual's pair of columns starts at an even element when co is even: one 32-bit
+  // (float32: 64-bit) shared load instead of two
+  constexpr bool kPairedResidual = !kGeneric && (K - 1) / 2 % 2 == 0;
 
   const int k = kGeneric ? a.k : K;
   const int pad = kGeneric ? a.pad : (K - 1) / 2;
@@ -220,21 +224,25 @@ __global__ void __launch_bounds__(kThreads, 2) tile_kernel(const TileArgs a) {
       Bits* out_plane = s_out + cl * TH * OP;
 
       if constexpr (MODE == Mode::kApply) {
-        with_activation(a.act, [&](auto act) {
+        with_activation<kFastGelu>(a.act, [&](auto act) {
           using Act = decltype(act);
 #pragma unroll
           for (int e = 0; e < NOUT; e += 2) {
             const int tr = strip * 16 + F::row(e, lane), tc = F::col(e, lane);
             const Bits* xs = plane + (tr + pad) * pitch + tc + co;
-            float y[2];
+            float x[2], y[2];
+            if constexpr (kPairedResidual) {
+              load_pair<T>(xs, x[0], x[1]);
+            } else {
+              x[0] = D::to_float(xs[0]), x[1] = D::to_float(xs[1]);
+            }
 #pragma unroll
-            for (int p = 0; p < 2; ++p)
-              y[p] = D::to_float(xs[p]) + fmaf(Act::fwd(acc[e + p] + q.bias) - q.mean, q.scale, q.shift);
+            for (int p = 0; p < 2; ++p) y[p] = x[p] + fmaf(Act::fwd(acc[e + p] + q.bias) - q.mean, q.scale, q.shift);
             store_pair<T>(out_plane + tr * OP + tc, y[0], y[1]);
           }
         });
       } else if constexpr (MODE == Mode::kStats) {
-        with_activation(a.act, [&](auto act) {
+        with_activation<kFastGelu>(a.act, [&](auto act) {
           using Act = decltype(act);
           float cnt = 0.0f, sum = 0.0f;
 #pragma unroll
@@ -258,7 +266,7 @@ __global__ void __launch_bounds__(kThreads, 2) tile_kernel(const TileArgs a) {
           }
         });
       } else if constexpr (MODE == Mode::kGradSums) {
-        with_activation(a.act, [&](auto act) {
+        with_activation<kFastGelu>(a.act, [&](auto act) {
           using Act = decltype(act);
           float sd = 0.0f, sdx = 0.0f;
 #pragma unroll
@@ -279,7 +287,7 @@ __global__ void __launch_bounds__(kThreads, 2) tile_kernel(const TileArgs a) {
           sum_dyx[slot] += sdx;
         });
       } else if constexpr (MODE == Mode::kGradH) {
-        with_activation(a.act, [&](auto act) {
+        with_activation<kFastGelu>(a.act, [&](auto act) {
           using Act = decltype(act);
           float sd = 0.0f, sdx = 0.0f, sdh = 0.0f;
 #pragma unroll

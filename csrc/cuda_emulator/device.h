@@ -226,6 +226,12 @@ inline uint2 lds_pinned_u32x2(const uint32_t* p) {
   return *reinterpret_cast<const uint2*>(p);
 }
 
+// rcp.approx.ftz and ex2.approx.ftz, correctly rounded here (the hardware's 1-2 ulp are
+// not modelled), subnormal inputs and results flushed to zero as ftz does.
+inline float flush_subnormal(float v) { return std::fpclassify(v) == FP_SUBNORMAL ? std::copysign(0.0f, v) : v; }
+inline float rcp_approx(float x) { return flush_subnormal(1.0f / flush_subnormal(x)); }
+inline float exp2_approx(float x) { return flush_subnormal(std::exp2(flush_subnormal(x))); }
+
 inline void ldmatrix_x4(uint32_t (&r)[4], uint32_t addr) { ::cuda_emu::ldmatrix(__FILE__, __LINE__, 4, r, addr); }
 inline void ldmatrix_x2(uint32_t (&r)[2], uint32_t addr) { ::cuda_emu::ldmatrix(__FILE__, __LINE__, 2, r, addr); }
 
