@@ -167,20 +167,29 @@ __device__ __forceinline__ float warp_reduce_scatter32(float (&v)[32], int lane)
   return v[0];
 }
 
-// Chan et al.'s merge of (count, mean, M2) summaries; counts are exact in float up to 2^24
-// per summary.
-struct Welford {
-  float n = 0.0f, mean = 0.0f, m2 = 0.0f;
-  __device__ __forceinline__ void merge(float nb, float mean_b, float m2_b) {
-    if (nb == 0.0f) return;
-    const float nn = n + nb;
+// Chan et al.'s merge of (count, mean, M2) summaries. Count is float inside a tile kernel
+// (a slice holds at most items_per_block * TH * TW <= 2^24 values of a channel, exact in
+// float: forward_train checks it) and int64_t in the merge over slices, exact for any
+// N * H * W (a float count stops growing at 2^24).
+template <typename Count>
+struct WelfordT {
+  Count n = 0;
+  float mean = 0.0f, m2 = 0.0f;
+  __device__ __forceinline__ void merge(Count nb, float mean_b, float m2_b) {
+    if (nb == 0) return;
+    const Count nn = n + nb;
     const float d = mean_b - mean;
-    const float f = nb / nn;
+    const float f = ratio(nb, nn);
     mean += d * f;
-    m2 += m2_b + d * d * n * f;
+    m2 += m2_b + d * d * static_cast<float>(n) * f;
     n = nn;
   }
+  static __device__ __forceinline__ float ratio(float a, float b) { return a / b; }
+  static __device__ __forceinline__ float ratio(int64_t a, int64_t b) {
+    return static_cast<float>(static_cast<double>(a) / static_cast<double>(b));
+  }
 };
+using Welford = WelfordT<float>;
 
 }  // namespace cuda
 }  // namespace convmixer_kernels

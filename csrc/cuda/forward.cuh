@@ -44,6 +44,9 @@ cudaError_t forward_train(const ForwardParams& fp, void* workspace, cudaStream_t
   if (!dense_in(fp.g, L)) return cudaErrorInvalidValue;
   if (empty_problem(fp.g)) return cudaSuccess;
   const Plan p = make_plan(fp.g);
+  // a slice's per-channel count must be exact in the kernels' float Welford (see common.cuh);
+  // only beyond 65535 * 16384 tiles, far past any GPU's memory, would it not be
+  if (static_cast<int64_t>(p.items_per_block) * p.TH * p.TW > (int64_t{1} << 24)) return cudaErrorInvalidValue;
   const InTile t = in_tile<T>(p, fp.g.kernel_size, (fp.g.kernel_size - 1) / 2);
   float* partial = static_cast<float*>(workspace);
   float* mean = static_cast<float*>(fp.mean_out);

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <algorithm>
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 
@@ -149,12 +150,31 @@ void set_vec(TileArgs& a) {
   a.vec = dims && aligned16(a.in) && aligned16(a.aux) && aligned16(a.out);
 }
 
+// The opt-in to more than 48 KB of dynamic shared memory, once per kernel and device
+// (cudaFuncSetAttribute costs microseconds; `opted_in` holds one bit per device, owned by
+// the kernel's instantiation): the limit is raised to the device's maximum, so every later
+// launch fits whatever its size (the generic path's depends on k) and no caller lowers
+// it under another's launch. Devices past 63 take the call every time.
+inline cudaError_t opt_in_smem(void (*kernel)(TileArgs), std::atomic<uint64_t>& opted_in) {
+  int dev = 0, limit = 0;
+  cudaError_t err = cudaGetDevice(&dev);
+  if (err != cudaSuccess) return err;
+  const uint64_t bit = dev < 64 ? uint64_t{1} << dev : 0;
+  if (opted_in.load(std::memory_order_acquire) & bit) return cudaSuccess;
+  err = cudaDeviceGetAttribute(&limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
+  if (err != cudaSuccess) return err;
+  err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, limit);
+  if (err == cudaSuccess) opted_in.fetch_or(bit, std::memory_order_release);
+  return err;
+}
+
 template <typename T, int K, class Cfg, Mode MODE>
 cudaError_t launch_tile(const TileArgs& a, const Plan& p, cudaStream_t stream) {
   auto kernel = tile_kernel<T, K, Cfg, MODE>;
   const size_t smem = SmemLayout<T, K, Cfg, MODE>(a.rows, a.pitch, a.k).total;
   if (smem > 48 * 1024) {
-    const cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+    static std::atomic<uint64_t> opted_in{0};
+    const cudaError_t err = opt_in_smem(kernel, opted_in);
     if (err != cudaSuccess) return err;
   }
   return launch_kernel(kernel, dim3(p.num_cg, p.slices), dim3(kThreads), smem, stream, a);

@@ -43,6 +43,20 @@ __device__ __forceinline__ uint2 lds_pinned_u32x2(const uint32_t* p) {
   return v;
 }
 
+// The MUFU reciprocal and base-2 exponential (ftz; about 1 and 2 ulp), for the 16-bit
+// outputs' GELU (activations.cuh).
+__device__ __forceinline__ float rcp_approx(float x) {
+  float r;
+  asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(x));
+  return r;
+}
+
+__device__ __forceinline__ float exp2_approx(float x) {
+  float r;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(x));
+  return r;
+}
+
 // The "memory" clobber keeps these shared-memory reads on their side of __syncthreads.
 __device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], uint32_t addr) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"

@@ -12,13 +12,13 @@ __global__ void welford_finalize_kernel(const float* __restrict__ partial, int s
                                         float* __restrict__ var) {
   const int c = blockIdx.x * blockDim.x + threadIdx.x;
   if (c >= C) return;
-  Welford w;
+  WelfordT<int64_t> w;
   for (int s = 0; s < slices; ++s) {
     const float* p = partial + static_cast<int64_t>(s) * 3 * C + c;
-    w.merge(p[0], p[C], p[2 * C]);
+    w.merge(static_cast<int64_t>(p[0]), p[C], p[2 * C]);  // a slice's count is a whole float
   }
   mean[c] = w.mean;
-  var[c] = w.m2 / w.n;
+  var[c] = static_cast<float>(static_cast<double>(w.m2) / static_cast<double>(w.n));
 }
 
 struct Rows {

@@ -1,4 +1,6 @@
-// The tile engine every pass of the mixer block runs on.
+// The tile engine every pass of the mixer block runs on: the kernel (this file), its
+// staging (tile_staging.cuh), convolutions (tile_conv.cuh), weight gradient
+// (tile_dweight.cuh) and shared types (tile_types.cuh).
 //
 // A block owns CB channels (blockIdx.x) and a slice of the (image, tile row, tile col)
 // items (blockIdx.y), and walks its items in order. Per item:
@@ -24,560 +26,17 @@
 #pragma once
 
 #include <cstdint>
-#include <utility>
 
 #include "../mixer_block_params.h"
 #include "activations.cuh"
 #include "common.cuh"
+#include "tile_conv.cuh"
+#include "tile_dweight.cuh"
+#include "tile_staging.cuh"
+#include "tile_types.cuh"
 
 namespace convmixer_kernels {
 namespace cuda {
-
-enum class Mode {
-  kApply,     // y = x + (act(conv(x) + b) - mean) * gamma * rstd + beta
-  kStats,     // per-channel Welford partials of act(conv(x) + b)
-  kGradSums,  // per-channel partials of sum(dy) and sum(dy * xhat)
-  kGradH,     // dh = da * act'(h) to a buffer; partials of dweight, dbias (and the sums
-              // of kGradSums when BN is frozen)
-  kGradX,     // dx = dy + conv_transpose(dh)
-};
-
-// CB channels x (16 * STRIPS) rows x (8 * NB) cols per tile; 8 warps, TPW tasks each
-// (a task = one channel x 16 rows), CPW channels per warp.
-template <int CB_, int STRIPS_, int NB_>
-struct TileCfg {
-  static constexpr int CB = CB_, STRIPS = STRIPS_, NB = NB_;
-  static constexpr int TH = 16 * STRIPS, TW = 8 * NB;
-  static constexpr int TPW = CB * STRIPS / kWarps;
-  static constexpr int CPW = TPW / STRIPS;
-  static constexpr int NOUT = 4 * NB;       // outputs per lane per task
-  static constexpr int OUT_PITCH = TW + 8;  // staged output rows; 16-byte aligned, and the
-                                            // fragment stores of 8 rows hit distinct banks
-  static constexpr int DH_PITCH = TW + 4;   // float dh rows (kGradH), 16-byte aligned
-  static_assert(CB * STRIPS % kWarps == 0 && TPW % STRIPS == 0, "tasks must split evenly over warps");
-  static_assert(NB % 2 == 0, "pairs of outputs are stored together; ldmatrix loads two halves");
-};
-using CfgWide = TileCfg<8, 2, 4>;     // 32 x 32 tiles of 8 channels: images wider than 16
-using CfgNarrow = TileCfg<16, 1, 2>;  // 16 x 16 tiles of 16 channels: images up to 16 wide
-using CfgGeneric = TileCfg<8, 1, 2>;  // any k: small tiles keep the k = 31 halo in 163 KB
-
-// Everything a tile kernel reads; built on the host by launch.cuh.
-struct TileArgs {
-  int N, C, H, W;
-  int k, pad;         // kernel size, and the zero rows/cols before the input of this conv
-  int rows, pitch;    // input planes in shared memory (generic path; templated k: fixed)
-  int co;             // shared-memory columns before output column 0 (generic path)
-  int nhwc;           // the layout of every activation-sized tensor
-  int vec;            // 16-byte global accesses are aligned (else element by element)
-  int tiles_h, tiles_w, items, items_per_block;
-  const void* in;     // conv input: x, or dh for kGradX
-  const void* aux;    // grad_out
-  void* out;          // y, dh or dx
-  const void* weight;
-  int flip;           // conv_transpose: the kernel rotated by 180 degrees
-  const void* bias;
-  const float* gamma;
-  const float* beta;
-  const float* mean;
-  const float* var;
-  const float* dbeta;   // kGradH with batch statistics: the finished sums
-  const float* dgamma;
-  float eps, inv_count;
-  int batch_stats;
-  Activation act;
-  float* partial;       // [slices][q_count][C]
-  int q_count;
-};
-
-// Where element e of a lane's accumulators sits in its task's 16 x TW outputs. Elements
-// 2m and 2m + 1 are horizontal neighbours at an even column in both layouts.
-template <bool MMA, int NB>
-struct Frag;
-template <int NB>
-struct Frag<true, NB> {  // the m16n8 accumulator layout, n-tile e / 4
-  static __device__ __forceinline__ int row(int e, int lane) { return (lane >> 2) + ((e & 2) << 2); }
-  static __device__ __forceinline__ int col(int e, int lane) { return ((e >> 2) << 3) + ((lane & 3) << 1) + (e & 1); }
-};
-template <int NB>
-struct Frag<false, NB> {  // 4 rows x NB columns per lane
-  static __device__ __forceinline__ int row(int e, int lane) { return ((lane >> 3) << 2) + e / NB; }
-  static __device__ __forceinline__ int col(int e, int lane) { return (lane & 7) * NB + e % NB; }
-};
-
-__device__ __forceinline__ int64_t offset_nchw(const TileArgs& a, int n, int c, int h, int w) {
-  return ((static_cast<int64_t>(n) * a.C + c) * a.H + h) * a.W + w;
-}
-__device__ __forceinline__ int64_t offset_nhwc(const TileArgs& a, int n, int c, int h, int w) {
-  return ((static_cast<int64_t>(n) * a.H + h) * a.W + w) * a.C + c;
-}
-
-__device__ __forceinline__ uint4 ldg16(const void* p) { return __ldg(reinterpret_cast<const uint4*>(p)); }
-
-// Loads of up to kBatch units are issued before their stores, so each thread keeps
-// several 16-byte loads in flight.
-constexpr int kBatch = 4;
-
-// Input planes: s_in[cl][r][s] = in[n, c0 + cl, h0 - pad + r, w0 - co + s], zero outside
-// the image and for channels >= C. SHIFT = (-co) mod kVec: NCHW rows start kVec-aligned in
-// global memory, so each 16-byte shared vector is the funnel shift of two global ones.
-template <typename T, class Cfg, int SHIFT>
-__device__ __forceinline__ void stage_input(const TileArgs& a, typename Dtype<T>::Bits* s_in, int rows,
-                                            int pitch, int co, int pad, int n, int h0, int w0, int c0) {
-  using Bits = typename Dtype<T>::Bits;
-  constexpr int V = vec_elems<T>();
-  constexpr int CB = Cfg::CB;
-  const Bits* in = static_cast<const Bits*>(a.in);
-  const int plane = rows * pitch;
-  if (!a.nhwc && a.vec) {
-    const int pv = pitch / V;
-    const int units = CB * rows * pv;
-    for (int u0 = threadIdx.x; u0 < units; u0 += kBatch * kThreads) {
-      uint4 lo[kBatch], hi[kBatch];
-      int dst[kBatch];
-#pragma unroll
-      for (int b = 0; b < kBatch; ++b) {
-        const int u = u0 + b * kThreads;
-        lo[b] = hi[b] = make_uint4(0, 0, 0, 0);
-        dst[b] = -1;
-        if (u < units) {
-          const int cl = u / (rows * pv);
-          const int rem = u - cl * rows * pv;
-          const int r = rem / pv;
-          const int v = rem - r * pv;
-          dst[b] = cl * plane + r * pitch + v * V;
-          const int c = c0 + cl, gh = h0 - pad + r;
-          const int gc = w0 - co + v * V - SHIFT;  // kVec-aligned
-          if (c < a.C && gh >= 0 && gh < a.H) {
-            const Bits* row = in + offset_nchw(a, n, c, gh, 0);
-            if (gc >= 0 && gc + V <= a.W) lo[b] = ldg16(row + gc);
-            if (SHIFT != 0 && gc + V >= 0 && gc + 2 * V <= a.W) hi[b] = ldg16(row + gc + V);
-          }
-        }
-      }
-#pragma unroll
-      for (int b = 0; b < kBatch; ++b)
-        if (dst[b] >= 0) *reinterpret_cast<uint4*>(s_in + dst[b]) = funnel_vec<Bits, SHIFT>(lo[b], hi[b]);
-    }
-  } else if (!a.nhwc) {
-    const int units = CB * plane;
-    for (int u0 = threadIdx.x; u0 < units; u0 += kBatch * kThreads) {
-      Bits val[kBatch];
-#pragma unroll
-      for (int b = 0; b < kBatch; ++b) {
-        const int u = u0 + b * kThreads;
-        val[b] = 0;
-        if (u < units) {
-          const int cl = u / plane;
-          const int rem = u - cl * plane;
-          const int r = rem / pitch;
-          const int s = rem - r * pitch;
-          const int c = c0 + cl, gh = h0 - pad + r, gw = w0 - co + s;
-          if (c < a.C && gh >= 0 && gh < a.H && gw >= 0 && gw < a.W) val[b] = in[offset_nchw(a, n, c, gh, gw)];
-        }
-      }
-#pragma unroll
-      for (int b = 0; b < kBatch; ++b) {
-        const int u = u0 + b * kThreads;
-        if (u < units) s_in[u] = val[b];
-      }
-    }
-  } else if (a.vec) {
-    constexpr int NV = CB / V;  // 16-byte vectors per pixel
-    static_assert(CB % V == 0, "a pixel's CB channels are whole vectors");
-    const int units = rows * pitch * NV;
-    for (int u0 = threadIdx.x; u0 < units; u0 += kBatch * kThreads) {
-      uint4 val[kBatch];
-      int dst[kBatch];
-#pragma unroll
-      for (int b = 0; b < kBatch; ++b) {
-        const int u = u0 + b * kThreads;
-        val[b] = make_uint4(0, 0, 0, 0);
-        dst[b] = -1;
-        if (u < units) {
-          const int v = u % NV, pix = u / NV;
-          const int r = pix / pitch, s = pix - r * pitch;
-          dst[b] = v * V * plane + pix;
-          const int c = c0 + v * V, gh = h0 - pad + r, gw = w0 - co + s;
-          if (c < a.C && gh >= 0 && gh < a.H && gw >= 0 && gw < a.W) val[b] = ldg16(in + offset_nhwc(a, n, c, gh, gw));
-        }
-      }
-#pragma unroll
-      for (int b = 0; b < kBatch; ++b) {
-        if (dst[b] < 0) continue;
-        const uint32_t w[4] = {val[b].x, val[b].y, val[b].z, val[b].w};
-#pragma unroll
-        for (int e = 0; e < V; ++e)
-          s_in[dst[b] + e * plane] = word_elem<Bits>(w[e * static_cast<int>(sizeof(Bits)) / 4], e % (4 / static_cast<int>(sizeof(Bits))));
-      }
-    }
-  } else {
-    const int units = rows * pitch * CB;
-    for (int u0 = threadIdx.x; u0 < units; u0 += kBatch * kThreads) {
-      Bits val[kBatch];
-#pragma unroll
-      for (int b = 0; b < kBatch; ++b) {
-        const int u = u0 + b * kThreads;
-        val[b] = 0;
-        if (u < units) {
-          const int cl = u % CB, pix = u / CB;
-          const int r = pix / pitch, s = pix - r * pitch;
-          const int c = c0 + cl, gh = h0 - pad + r, gw = w0 - co + s;
-          if (c < a.C && gh >= 0 && gh < a.H && gw >= 0 && gw < a.W) val[b] = in[offset_nhwc(a, n, c, gh, gw)];
-        }
-      }
-#pragma unroll
-      for (int b = 0; b < kBatch; ++b) {
-        const int u = u0 + b * kThreads;
-        if (u < units) s_in[(u % CB) * plane + u / CB] = val[b];
-      }
-    }
-  }
-}
-
-// Output-sized tiles between global memory and the shared planes s_out[cl][r][c]
-// (pitch OUT_PITCH): TO_SMEM stages grad_out (zero outside the image), otherwise the
-// staged result is written out where it lies inside the image.
-template <typename T, class Cfg, bool TO_SMEM>
-__device__ __forceinline__ void move_tile(const TileArgs& a, typename Dtype<T>::Bits* s_out, const void* gptr, int n,
-                                          int h0, int w0, int c0) {
-  using Bits = typename Dtype<T>::Bits;
-  constexpr int V = vec_elems<T>();
-  constexpr int CB = Cfg::CB, TH = Cfg::TH, TW = Cfg::TW, OP = Cfg::OUT_PITCH;
-  constexpr int kPlane = TH * OP;
-  const Bits* src = static_cast<const Bits*>(gptr);
-  Bits* dstg = static_cast<Bits*>(const_cast<void*>(gptr));
-  if (!a.nhwc && a.vec) {
-    constexpr int units = CB * TH * (TW / V);
-    for (int u0 = threadIdx.x; u0 < units; u0 += kBatch * kThreads) {
-      uint4 val[kBatch];
-#pragma unroll
-      for (int b = 0; b < kBatch; ++b) {
-        const int u = u0 + b * kThreads;
-        if (u >= units) continue;
-        const int v = u % (TW / V), rc = u / (TW / V);
-        const int r = rc % TH, cl = rc / TH;
-        const int c = c0 + cl, gh = h0 + r, gw = w0 + v * V;
-        Bits* sp = s_out + cl * kPlane + r * OP + v * V;
-        const bool inside = c < a.C && gh < a.H && gw < a.W;  // W % V == 0: whole vectors
-        if constexpr (TO_SMEM) {
-          val[b] = inside ? ldg16(src + offset_nchw(a, n, c, gh, gw)) : make_uint4(0, 0, 0, 0);
-        } else if (inside) {
-          *reinterpret_cast<uint4*>(dstg + offset_nchw(a, n, c, gh, gw)) = *reinterpret_cast<const uint4*>(sp);
-        }
-      }
-      if constexpr (TO_SMEM) {
-#pragma unroll
-        for (int b = 0; b < kBatch; ++b) {
-          const int u = u0 + b * kThreads;
-          if (u >= units) continue;
-          const int v = u % (TW / V), rc = u / (TW / V);
-          *reinterpret_cast<uint4*>(s_out + (rc / TH) * kPlane + (rc % TH) * OP + v * V) = val[b];
-        }
-      }
-    }
-  } else if (!a.nhwc) {
-    constexpr int units = CB * TH * TW;
-    for (int u = threadIdx.x; u < units; u += kThreads) {
-      const int s = u % TW, rc = u / TW;
-      const int r = rc % TH, cl = rc / TH;
-      const int c = c0 + cl, gh = h0 + r, gw = w0 + s;
-      const bool inside = c < a.C && gh < a.H && gw < a.W;
-      Bits* sp = s_out + cl * kPlane + r * OP + s;
-      if constexpr (TO_SMEM) {
-        *sp = inside ? src[offset_nchw(a, n, c, gh, gw)] : Bits(0);
-      } else if (inside) {
-        dstg[offset_nchw(a, n, c, gh, gw)] = *sp;
-      }
-    }
-  } else if (a.vec) {
-    constexpr int NV = CB / V;
-    constexpr int units = TH * TW * NV;
-    constexpr int kPerWord = 4 / static_cast<int>(sizeof(Bits));
-    for (int u0 = threadIdx.x; u0 < units; u0 += kBatch * kThreads) {
-      uint4 val[kBatch];
-#pragma unroll
-      for (int b = 0; b < kBatch; ++b) {
-        const int u = u0 + b * kThreads;
-        if (u >= units) continue;
-        const int v = u % NV, pix = u / NV;
-        const int r = pix / TW, s = pix % TW;
-        const int c = c0 + v * V, gh = h0 + r, gw = w0 + s;
-        const bool inside = c < a.C && gh < a.H && gw < a.W;  // C % V == 0: whole vectors
-        if constexpr (TO_SMEM) {
-          val[b] = inside ? ldg16(src + offset_nhwc(a, n, c, gh, gw)) : make_uint4(0, 0, 0, 0);
-        } else if (inside) {
-          uint32_t w[4] = {0, 0, 0, 0};
-#pragma unroll
-          for (int e = 0; e < V; ++e)
-            w[e / kPerWord] |= static_cast<uint32_t>(s_out[(v * V + e) * kPlane + r * OP + s])
-                               << (16 * (e % kPerWord));
-          *reinterpret_cast<uint4*>(dstg + offset_nhwc(a, n, c, gh, gw)) = make_uint4(w[0], w[1], w[2], w[3]);
-        }
-      }
-      if constexpr (TO_SMEM) {
-#pragma unroll
-        for (int b = 0; b < kBatch; ++b) {
-          const int u = u0 + b * kThreads;
-          if (u >= units) continue;
-          const int v = u % NV, pix = u / NV;
-          const int r = pix / TW, s = pix % TW;
-          const uint32_t w[4] = {val[b].x, val[b].y, val[b].z, val[b].w};
-#pragma unroll
-          for (int e = 0; e < V; ++e)
-            s_out[(v * V + e) * kPlane + r * OP + s] = word_elem<Bits>(w[e / kPerWord], e % kPerWord);
-        }
-      }
-    }
-  } else {
-    constexpr int units = TH * TW * CB;
-    for (int u = threadIdx.x; u < units; u += kThreads) {
-      const int cl = u % CB, pix = u / CB;
-      const int r = pix / TW, s = pix % TW;
-      const int c = c0 + cl, gh = h0 + r, gw = w0 + s;
-      const bool inside = c < a.C && gh < a.H && gw < a.W;
-      Bits* sp = s_out + cl * kPlane + r * OP + s;
-      if constexpr (TO_SMEM) {
-        *sp = inside ? src[offset_nhwc(a, n, c, gh, gw)] : Bits(0);
-      } else if (inside) {
-        dstg[offset_nhwc(a, n, c, gh, gw)] = *sp;
-      }
-    }
-  }
-}
-
-// B fragments of the banded matrices, one per kernel row i: B_i[kk][nn] = w[i][kk - nn]
-// (zero off the band), so that column nn of A_i * B_i is the row-i contribution to output
-// nn of an n-tile whose 16 inputs start at its first output's window. Lane (g, t) holds
-// rows 2t, 2t+1 (reg 0) and 2t+8, 2t+9 (reg 1) of column g.
-template <typename T, int K>
-__device__ __forceinline__ void build_band(const TileArgs& a, int c, int lane, uint32_t (&bf)[K][2]) {
-  const uint16_t* w = static_cast<const uint16_t*>(a.weight);
-  const int g = lane >> 2, t = lane & 3;
-#pragma unroll
-  for (int i = 0; i < K; ++i) {
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      uint32_t word = 0;
-#pragma unroll
-      for (int e = 0; e < 2; ++e) {
-        const int j = 2 * t + 8 * h + e - g;
-        if (c < a.C && j >= 0 && j < K) {
-          const int tap = a.flip ? (K - 1 - i) * K + (K - 1 - j) : i * K + j;
-          word |= static_cast<uint32_t>(__ldg(w + static_cast<int64_t>(c) * K * K + tap)) << (16 * e);
-        }
-      }
-      bf[i][h] = word;
-    }
-  }
-}
-
-// Tensor-core conv of one task: 16 rows from `strip`, NB n-tiles of 8 columns. For kernel
-// row i the A tiles of the n-tiles are the 8-column halves (b, b + 1) of the same input
-// rows, so NB + 1 halves per row are loaded once and shared by neighbouring n-tiles.
-template <typename T, int K, int NB>
-__device__ __forceinline__ void conv_mma(const uint16_t* plane, int strip, const uint32_t (&bf)[K][2],
-                                         float (&acc)[4 * NB], int lane) {
-  constexpr int kPitch = 8 * NB + 8;
-#pragma unroll
-  for (int e = 0; e < 4 * NB; ++e) acc[e] = 0.0f;
-  // ldmatrix: lanes 0-15 address rows 0-15 of the first 8 columns, lanes 16-31 rows 0-15
-  // of the next 8 (x2 uses only lanes 0-15).
-  const uint32_t base = smem_addr(plane + (strip * 16 + (lane & 15)) * kPitch + (lane >> 4) * 8);
-#pragma unroll
-  for (int i = 0; i < K; ++i) {
-    const uint32_t row = base + i * kPitch * 2;
-    uint32_t half[NB + 1][2];
-#pragma unroll
-    for (int h = 0; h < NB; h += 2) {
-      uint32_t r[4];
-      ldmatrix_x4(r, row + h * 16);
-      half[h][0] = r[0];
-      half[h][1] = r[1];
-      half[h + 1][0] = r[2];
-      half[h + 1][1] = r[3];
-    }
-    {
-      uint32_t r[2];
-      ldmatrix_x2(r, row + NB * 16 - (lane >> 4) * 16);
-      half[NB][0] = r[0];
-      half[NB][1] = r[1];
-    }
-#pragma unroll
-    for (int b = 0; b < NB; ++b) {
-      const uint32_t af[4] = {half[b][0], half[b][1], half[b + 1][0], half[b + 1][1]};
-      mma_16816<T>(acc + 4 * b, af, bf[i]);
-    }
-  }
-}
-
-// Exact recomputation of a tensor-core task on CUDA cores, in the fragment layout (see
-// the top of this file: only when an accumulator came out non-finite).
-template <typename T, int K, int NB>
-__device__ __forceinline__ void conv_exact(const TileArgs& a, const uint16_t* plane, int c, int strip,
-                                        float (&acc)[4 * NB], int lane) {
-  constexpr int kPitch = 8 * NB + 8;
-  const uint16_t* w = static_cast<const uint16_t*>(a.weight) + static_cast<int64_t>(c) * K * K;
-#pragma unroll
-  for (int e = 0; e < 4 * NB; ++e) {
-    const int r0 = strip * 16 + Frag<true, NB>::row(e, lane), c0 = Frag<true, NB>::col(e, lane);
-    float s = 0.0f;
-    // rolled loops: this path must not claim registers from the tensor-core one
-#pragma unroll 1
-    for (int i = 0; i < K; ++i)
-#pragma unroll 1
-      for (int j = 0; j < K; ++j) {
-        const int tap = a.flip ? (K - 1 - i) * K + (K - 1 - j) : i * K + j;
-        s = fmaf(Dtype<T>::to_float(__ldg(w + tap)), Dtype<T>::to_float(plane[(r0 + i) * kPitch + c0 + j]), s);
-      }
-    acc[e] = c < a.C ? s : 0.0f;
-  }
-}
-
-// Filter rows of the templated CUDA-core path are padded to whole float4s.
-template <int K>
-__host__ __device__ constexpr int filter_pitch() {
-  return (K + 3) / 4 * 4;
-}
-
-// CUDA-core conv of one task with k known at compile time: each input row of the lane's
-// window is read once (vector loads) and feeds up to 4 output rows. Filter row r is
-// loaded at step r, so only the 4 rows in use occupy registers.
-template <int K, int NB>
-__device__ __forceinline__ void conv_simt(const float* plane, const float* w, int strip, float (&acc)[4 * NB],
-                                          int lane) {
-  constexpr int kPitch = 8 * NB + 8;
-  constexpr int NV = (NB + K - 1 + NB - 1) / NB * NB;
-  constexpr int KP = filter_pitch<K>();
-#pragma unroll
-  for (int e = 0; e < 4 * NB; ++e) acc[e] = 0.0f;
-  const float* src = plane + (strip * 16 + ((lane >> 3) << 2)) * kPitch + (lane & 7) * NB;
-  float wr[K][KP];
-#pragma unroll
-  for (int r = 0; r < K + 3; ++r) {
-    if (r < K) {
-#pragma unroll
-      for (int j = 0; j < KP; j += 4) {
-        const float4 q = lds_pinned_f32x4(w + r * KP + j);
-        wr[r][j] = q.x, wr[r][j + 1] = q.y, wr[r][j + 2] = q.z, wr[r][j + 3] = q.w;
-      }
-    }
-    float v[NV];
-    load_row<float, NB, NV>(reinterpret_cast<const uint32_t*>(src + r * kPitch), v);
-#pragma unroll
-    for (int y = 0; y < 4; ++y) {
-      const int i = r - y;
-      if (i < 0 || i >= K) continue;
-#pragma unroll
-      for (int j = 0; j < K; ++j)
-#pragma unroll
-        for (int x = 0; x < NB; ++x) acc[y * NB + x] = fmaf(wr[i][j], v[x + j], acc[y * NB + x]);
-    }
-  }
-}
-
-// CUDA-core conv of one task for any k: `coff` = co - pad shifts the columns of the
-// (vector-aligned) generic tile.
-template <typename T, int NB>
-__device__ __forceinline__ void conv_generic(const typename Dtype<T>::Bits* plane, const float* w, int k, int pitch,
-                                             int coff, int strip, float (&acc)[4 * NB], int lane) {
-#pragma unroll
-  for (int e = 0; e < 4 * NB; ++e) acc[e] = 0.0f;
-  const typename Dtype<T>::Bits* src = plane + (strip * 16 + ((lane >> 3) << 2)) * pitch + (lane & 7) * NB + coff;
-  for (int r = 0; r < k + 3; ++r) {
-    for (int j = 0; j < k; ++j) {
-      float v[NB];
-#pragma unroll
-      for (int x = 0; x < NB; ++x) v[x] = Dtype<T>::to_float(src[r * pitch + x + j]);
-#pragma unroll
-      for (int y = 0; y < 4; ++y) {
-        const int i = r - y;
-        if (i < 0 || i >= k) continue;
-        const float wv = w[i * k + j];
-#pragma unroll
-        for (int x = 0; x < NB; ++x) acc[y * NB + x] = fmaf(wv, v[x], acc[y * NB + x]);
-      }
-    }
-  }
-}
-
-// Kernel rows per group of the dweight reduction: a group's TI * K taps fit the 32 slots
-// of one warp reduce-scatter.
-template <int K>
-struct DwGroups {
-  static constexpr int TI = 32 / K < K ? 32 / K : K;
-  static constexpr int G = (K + TI - 1) / TI;
-};
-
-// dweight[i][j] += sum over the task's outputs of dh * x[row + i][col + j], for k known
-// at compile time: each lane correlates its 4 x NB dh values with its input window
-// (every x row read once per group), then one reduce-scatter per group leaves tap
-// (group * TI * K + lane) in lane `lane`. The group is a template constant so that all
-// indices into the 32 partial sums are constants (registers, not local memory).
-template <typename T, int K, int NB, int GI>
-__device__ __forceinline__ void dweight_group(const typename Dtype<T>::Bits* src, const float (&dv)[4][NB],
-                                              float& dw, int lane) {
-  constexpr int kPitch = 8 * NB + 8;
-  constexpr int NV = (NB + K - 1 + NB - 1) / NB * NB;
-  constexpr int TI = DwGroups<K>::TI;
-  constexpr int I0 = GI * TI;
-  constexpr int I1 = I0 + TI < K ? I0 + TI : K;
-  float part[32];
-#pragma unroll
-  for (int s = 0; s < 32; ++s) part[s] = 0.0f;
-#pragma unroll
-  for (int rr = I0; rr < I1 + 3; ++rr) {
-    float v[NV];
-    load_row<T, NB, NV>(src + rr * kPitch, v);
-#pragma unroll
-    for (int y = 0; y < 4; ++y) {
-      const int i = rr - y;
-      if (i < I0 || i >= I1) continue;
-#pragma unroll
-      for (int j = 0; j < K; ++j)
-#pragma unroll
-        for (int x = 0; x < NB; ++x) part[(i - I0) * K + j] = fmaf(dv[y][x], v[x + j], part[(i - I0) * K + j]);
-    }
-  }
-  dw += warp_reduce_scatter32(part, lane);
-}
-
-template <typename T, int K, int NB, int... GI>
-__device__ __forceinline__ void dweight_groups(const typename Dtype<T>::Bits* src, const float (&dv)[4][NB],
-                                               float (&dw)[DwGroups<K>::G], int lane,
-                                               std::integer_sequence<int, GI...>) {
-  (dweight_group<T, K, NB, GI>(src, dv, dw[GI], lane), ...);
-}
-
-template <typename T, int K, int NB>
-__device__ __forceinline__ void dweight_task(const typename Dtype<T>::Bits* plane, const float* dh, int strip,
-                                             float (&dw)[DwGroups<K>::G], int lane) {
-  constexpr int kPitch = 8 * NB + 8, kDhPitch = 8 * NB + 4;
-  const int rg = lane >> 3, cg = lane & 7;
-  float dv[4][NB];
-#pragma unroll
-  for (int y = 0; y < 4; ++y)
-    load_row<float, NB, NB>(reinterpret_cast<const uint32_t*>(dh + (4 * rg + y) * kDhPitch + cg * NB), dv[y]);
-  dweight_groups<T, K, NB>(plane + (strip * 16 + 4 * rg) * kPitch + cg * NB, dv, dw, lane,
-                           std::make_integer_sequence<int, DwGroups<K>::G>{});
-}
-
-// The same for any k: lane l owns taps l, l + 32, ... and adds its sums to the block's
-// partial in global memory (only that lane ever touches those addresses).
-template <typename T, int TW>
-__device__ __forceinline__ void dweight_task_generic(const typename Dtype<T>::Bits* plane, const float* dh, int k,
-                                                     int pitch, int coff, int strip, float* part, int C, int lane) {
-  constexpr int kDhPitch = TW + 4;
-  for (int t = lane; t < k * k; t += 32) {
-    const int i = t / k, j = t - i * k;
-    float s = 0.0f;
-    for (int r = 0; r < 16; ++r) {
-      const typename Dtype<T>::Bits* xr = plane + (strip * 16 + r + i) * pitch + j + coff;
-#pragma unroll
-      for (int col = 0; col < TW; ++col) s = fmaf(dh[r * kDhPitch + col], Dtype<T>::to_float(xr[col]), s);
-    }
-    part[static_cast<int64_t>(t) * C] += s;
-  }
-}
 
 // Per-channel constants of a lane's channel.
 struct ChannelConsts {
@@ -640,6 +99,10 @@ __global__ void __launch_bounds__(kThreads, 2) tile_kernel(const TileArgs a) {
   constexpr int KB = kMma ? K : 1;                 // band fragments per channel
   constexpr int DWG = kGeneric ? 1 : DwGroups<kGeneric ? 1 : K>::G;
   using F = Frag<kMma, NB>;
+  constexpr bool kFastGelu = sizeof(Bits) == 2;  // within the rounding of 16-bit outputs (activations.cuh)
+  // the residual's pair of columns starts at an even element when co is even: one 32-bit
+  // (float32: 64-bit) shared load instead of two
+  constexpr bool kPairedResidual = !kGeneric && (K - 1) / 2 % 2 == 0;
 
   const int k = kGeneric ? a.k : K;
   const int pad = kGeneric ? a.pad : (K - 1) / 2;
@@ -761,21 +224,25 @@ __global__ void __launch_bounds__(kThreads, 2) tile_kernel(const TileArgs a) {
       Bits* out_plane = s_out + cl * TH * OP;
 
       if constexpr (MODE == Mode::kApply) {
-        with_activation(a.act, [&](auto act) {
+        with_activation<kFastGelu>(a.act, [&](auto act) {
           using Act = decltype(act);
 #pragma unroll
           for (int e = 0; e < NOUT; e += 2) {
             const int tr = strip * 16 + F::row(e, lane), tc = F::col(e, lane);
             const Bits* xs = plane + (tr + pad) * pitch + tc + co;
-            float y[2];
+            float x[2], y[2];
+            if constexpr (kPairedResidual) {
+              load_pair<T>(xs, x[0], x[1]);
+            } else {
+              x[0] = D::to_float(xs[0]), x[1] = D::to_float(xs[1]);
+            }
 #pragma unroll
-            for (int p = 0; p < 2; ++p)
-              y[p] = D::to_float(xs[p]) + fmaf(Act::fwd(acc[e + p] + q.bias) - q.mean, q.scale, q.shift);
+            for (int p = 0; p < 2; ++p) y[p] = x[p] + fmaf(Act::fwd(acc[e + p] + q.bias) - q.mean, q.scale, q.shift);
             store_pair<T>(out_plane + tr * OP + tc, y[0], y[1]);
           }
         });
       } else if constexpr (MODE == Mode::kStats) {
-        with_activation(a.act, [&](auto act) {
+        with_activation<kFastGelu>(a.act, [&](auto act) {
           using Act = decltype(act);
           float cnt = 0.0f, sum = 0.0f;
 #pragma unroll
@@ -799,7 +266,7 @@ __global__ void __launch_bounds__(kThreads, 2) tile_kernel(const TileArgs a) {
           }
         });
       } else if constexpr (MODE == Mode::kGradSums) {
-        with_activation(a.act, [&](auto act) {
+        with_activation<kFastGelu>(a.act, [&](auto act) {
           using Act = decltype(act);
           float sd = 0.0f, sdx = 0.0f;
 #pragma unroll
@@ -820,7 +287,7 @@ __global__ void __launch_bounds__(kThreads, 2) tile_kernel(const TileArgs a) {
           sum_dyx[slot] += sdx;
         });
       } else if constexpr (MODE == Mode::kGradH) {
-        with_activation(a.act, [&](auto act) {
+        with_activation<kFastGelu>(a.act, [&](auto act) {
           using Act = decltype(act);
           float sd = 0.0f, sdx = 0.0f, sdh = 0.0f;
 #pragma unroll

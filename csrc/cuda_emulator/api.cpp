@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <string>
 
+#include "../cuda/launch.cuh"
 #include "../cuda/mixer_block_cuda.h"
 #include "emulator.h"
 
@@ -71,6 +72,14 @@ void cme_configure(int multiprocessors, int order, uint64_t seed) {
 const char* cme_last_error() { return g_error.c_str(); }
 
 int cme_selftest(const char* name, int32_t* out) { return finish(kc::run_selftest(name, out)); }
+
+uint64_t cme_attribute_calls() { return cuda_emu::attribute_calls(); }
+
+// The training forward's ordered merge of Welford partials [slices][3][C] alone, for
+// counts too large to reach through a whole forward on the emulator.
+int cme_welford_finalize(const float* partial, int slices, int C, float* mean, float* var) {
+  return finish(kc::launch_welford_finalize(partial, slices, C, mean, var, nullptr));
+}
 
 int64_t cme_forward_train_workspace(int dtype, const int64_t* g, int k) {
   int64_t bytes = -1;

@@ -72,7 +72,7 @@ enum cudaError_t {
   cudaErrorInvalidConfiguration = 9,
   cudaErrorLaunchFailure = 719,
 };
-enum cudaDeviceAttr { cudaDevAttrMultiProcessorCount = 16 };
+enum cudaDeviceAttr { cudaDevAttrMultiProcessorCount = 16, cudaDevAttrMaxSharedMemoryPerBlockOptin = 97 };
 enum cudaFuncAttribute { cudaFuncAttributeMaxDynamicSharedMemorySize = 8 };
 struct CUstream_st;
 typedef CUstream_st* cudaStream_t;
@@ -86,6 +86,7 @@ constexpr size_t kMaxDynamicSmem = 227 * 1024;
 constexpr size_t kDefaultDynamicSmem = 48 * 1024;
 
 cudaError_t set_max_dynamic_smem(const void* kernel, int bytes);
+uint64_t attribute_calls();  // cudaFuncSetAttribute calls so far, for the tests
 cudaError_t run_grid(const void* kernel, dim3 grid, dim3 block, size_t smem, const std::function<void()>& body);
 cudaError_t take_last_error();
 
@@ -122,9 +123,11 @@ inline cudaError_t cudaGetDevice(int* dev) {
   return cudaSuccess;
 }
 inline cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int) {
-  if (attr != cudaDevAttrMultiProcessorCount) return cudaErrorInvalidValue;
-  *value = cuda_emu::multiprocessors();
-  return cudaSuccess;
+  switch (attr) {
+    case cudaDevAttrMultiProcessorCount: *value = cuda_emu::multiprocessors(); return cudaSuccess;
+    case cudaDevAttrMaxSharedMemoryPerBlockOptin: *value = static_cast<int>(cuda_emu::kMaxDynamicSmem); return cudaSuccess;
+  }
+  return cudaErrorInvalidValue;
 }
 template <typename F>
 cudaError_t cudaFuncSetAttribute(F* kernel, cudaFuncAttribute attr, int value) {
@@ -222,6 +225,12 @@ inline uint2 lds_pinned_u32x2(const uint32_t* p) {
   ::cuda_emu::shared_offset(p);
   return *reinterpret_cast<const uint2*>(p);
 }
+
+// rcp.approx.ftz and ex2.approx.ftz, correctly rounded here (the hardware's 1-2 ulp are
+// not modelled), subnormal inputs and results flushed to zero as ftz does.
+inline float flush_subnormal(float v) { return std::fpclassify(v) == FP_SUBNORMAL ? std::copysign(0.0f, v) : v; }
+inline float rcp_approx(float x) { return flush_subnormal(1.0f / flush_subnormal(x)); }
+inline float exp2_approx(float x) { return flush_subnormal(std::exp2(flush_subnormal(x))); }
 
 inline void ldmatrix_x4(uint32_t (&r)[4], uint32_t addr) { ::cuda_emu::ldmatrix(__FILE__, __LINE__, 4, r, addr); }
 inline void ldmatrix_x2(uint32_t (&r)[2], uint32_t addr) { ::cuda_emu::ldmatrix(__FILE__, __LINE__, 2, r, addr); }

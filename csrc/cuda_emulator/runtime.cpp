@@ -80,6 +80,7 @@ std::mt19937_64 g_rng;
 Block* g_block = nullptr;
 std::vector<void*> g_stacks;
 std::map<const void*, size_t> g_smem_optin;
+uint64_t g_attribute_calls = 0;
 cudaError_t g_last_error = cudaSuccess;
 std::string g_message;
 
@@ -271,7 +272,10 @@ cudaError_t take_last_error() {
   return err;
 }
 
+uint64_t attribute_calls() { return g_attribute_calls; }
+
 cudaError_t set_max_dynamic_smem(const void* kernel, int bytes) {
+  ++g_attribute_calls;
   if (bytes < 0 || static_cast<size_t>(bytes) > kMaxDynamicSmem)
     return record(cudaErrorInvalidValue, format("cudaFuncSetAttribute: %d bytes of dynamic shared memory, the "
                                                 "device allows %zu",

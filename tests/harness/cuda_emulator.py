@@ -120,6 +120,8 @@ class Emulator:
         self.lib.cme_forward_train.argtypes = [i, i, i64p, i, i, d] + [p] * 9
         self.lib.cme_backward.argtypes = [i, i, i64p, i, i, d, i] + [p] * 14
         self.lib.cme_selftest.argtypes = [ctypes.c_char_p, p]
+        self.lib.cme_welford_finalize.argtypes = [p, i, i, p, p]
+        self.lib.cme_attribute_calls.restype = ctypes.c_uint64
         self.configure()
 
     def configure(self, multiprocessors: int = 132, order: str = "ascending", seed: int = 0):
@@ -132,6 +134,21 @@ class Emulator:
         out = torch.zeros(256, dtype=torch.int32)
         self.check(self.lib.cme_selftest(name.encode(), ctypes.c_void_p(out.data_ptr())), name)
         return out
+
+    def attribute_calls(self) -> int:
+        """cudaFuncSetAttribute calls the kernels' launchers have made in this process."""
+        return self.lib.cme_attribute_calls()
+
+    def welford_finalize(self, partial: torch.Tensor):
+        """The ordered merge of the training forward's float32 partials [slices][3][C]
+        (count, mean, M2): the batch mean and biased variance per channel."""
+        partial = partial.to(torch.float32).contiguous()
+        slices, _, c = partial.shape
+        mean, var = torch.empty(c), torch.empty(c)
+        self.check(self.lib.cme_welford_finalize(ctypes.c_void_p(partial.data_ptr()), slices, c,
+                                                 ctypes.c_void_p(mean.data_ptr()), ctypes.c_void_p(var.data_ptr())),
+                   "welford_finalize")
+        return mean, var
 
     def check(self, status: int, what: str):
         if status != 0:

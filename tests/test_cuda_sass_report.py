@@ -1,0 +1,87 @@
+"""benchmarks/sass_report.py: the control-flow analysis on a hand-written listing, and,
+where nvcc and nvdisasm are found, the report on the real kernels (a few seconds: two
+instantiations for sm_90), whose tensor-core counts per output must match the tiling."""
+
+import os
+import shutil
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+
+import sass_report  # noqa: E402
+
+
+def _listing(text):
+    out = []
+    for line in text.strip().splitlines():
+        line = line.strip()
+        if line.endswith(":"):
+            out.append(sass_report.Instr(-1, "LABEL", line[:-1], ()))
+        else:
+            body = line.rstrip(" ;")
+            op = body.split()[1] if body.startswith("@") else body.split()[0]
+            out.append(sass_report.Instr(len(out), op, body, ()))
+    return out
+
+
+def test_cold_code_jumping_back_is_not_a_loop():
+    # block 0: entry; .L_x_1: a loop (blocks 1-2) whose exit branch goes to cold code at the
+    # end, which jumps back into the loop's tail: a backward branch that closes no loop
+    instrs = _listing("""
+        MOV R0, RZ ;
+        .L_x_1:
+        HMMA.16816.F32.BF16 R4, R8, R12, R4 ;
+        @P1 BRA `(.L_x_9) ;
+        .L_x_2:
+        IADD3 R0, R0, 0x1, RZ ;
+        @P0 BRA `(.L_x_1) ;
+        EXIT ;
+        .L_x_9:
+        FFMA R4, R5, R6, R4 ;
+        BRA `(.L_x_2) ;
+    """)
+    blocks, succ = sass_report.basic_blocks(instrs)
+    loops = sass_report.natural_loops(succ)
+    assert list(loops) == [1], loops
+    assert loops[1] == {1, 2, 4}  # the cold block is inside the loop it returns to, not a loop itself
+    assert [len(b) for b in blocks] == [1, 2, 2, 1, 2]
+
+
+def test_wavefronts_and_trips():
+    assert sass_report.wavefronts("LDSM.16.M88.4") == 4
+    assert sass_report.wavefronts("LDSM.16.M88.2") == 2
+    assert sass_report.wavefronts("STS.128") == 4
+    assert sass_report.wavefronts("LDS.U16") == 1
+    assert sass_report.wavefronts("FFMA") == 0
+    # k = 7: 8 channels x 38 rows x 5 vectors = 1520 units, 1024 per round: two rounds for every warp
+    assert sass_report.staging_trips(7, "nchw", "stage_input") == 2
+    assert sass_report.staging_trips(7, "nchw", "move_tile") == 1
+
+
+def _have_tools():
+    try:
+        for name in ("nvcc", "nvdisasm"):
+            sass_report.tool(name)
+    except SystemExit:
+        return False
+    return shutil.which("g++") is not None
+
+
+@pytest.mark.skipif(not _have_tools(), reason="nvcc, nvdisasm or g++ not found")
+def test_report_counts_the_tensor_core_work_of_the_tiling(tmp_path):
+    out = tmp_path / "report.md"
+    sass_report.main(["--label", "test", "--arch", "sm_90", "--out", str(out)])
+    text = out.read_text()
+    rows = [line.split("|") for line in text.splitlines() if line.startswith("| 768 | 7 |") or line.startswith("| 1536 | 9 |")]
+    mix_rows = [r for r in rows if len(r) == len(sass_report.CLASSES) + 8]  # the mix table, not the breakdown
+    assert len(mix_rows) == 8, text
+    for r in mix_rows:
+        k = int(r[2])
+        # per item a warp runs 2 tasks x k kernel rows x 4 n-tiles of m16n8k16, and 3 ldmatrix per row
+        # (2 x4 + 1 x2); 8 warps share the item's 8 x 32 x 32 outputs
+        assert float(r[5]) == pytest.approx(2 * k * 4 * 8 / 8192, abs=6e-4), r
+        assert float(r[6]) == pytest.approx(2 * k * 3 * 8 / 8192, abs=6e-4), r
+    assert "| H200 SXM | 1536 | 9 |" in text
