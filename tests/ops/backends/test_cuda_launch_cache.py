@@ -5,8 +5,8 @@ CPU emulator."""
 import pytest
 import torch
 
-import cuda_emulator
-from parity import Case, make_inputs
+from tests.harness import cuda_emulator
+from tests.harness.parity import Case, make_inputs
 
 pytestmark = pytest.mark.skipif(cuda_emulator.compiler() is None, reason="no C++ compiler for the CUDA emulator")
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import convmixer_kernels
-import cuda_emulator
+from tests.harness import cuda_emulator
 
 BIG = 2 ** 24  # the last count a float holds exactly while adding ones
 

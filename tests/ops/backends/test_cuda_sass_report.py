@@ -8,7 +8,8 @@ import sys
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.harness import ROOT
+
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 
 import sass_report  # noqa: E402
