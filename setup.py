@@ -22,6 +22,7 @@ Build against the installed torch: pip install --no-build-isolation .
 """
 
 import concurrent.futures
+import functools
 import glob
 import hashlib
 import os
@@ -72,9 +73,27 @@ CPU_LEVELS = {
     "baseline": ["-march=x86-64", "-mtune=generic"],
     "avx2": ["-march=x86-64-v3", "-mtune=generic"],
     "avx512": ["-march=x86-64-v4", "-mtune=generic"],
+    # AVX-512 plus the bf16 instructions and AMX tiles of Sapphire Rapids and later Xeons:
+    # the bf16 convolutions run on the tiles (csrc/cpu/amx_conv.h).
+    "amx": ["-march=x86-64-v4", "-mavx512bf16", "-mamx-tile", "-mamx-bf16", "-mtune=generic"],
 }
 KERNEL_SOURCE = "csrc/cpu/mixer_block_cpu.cpp"
 CXX_FLAGS = ["-O3", "-std=c++20", "-fopenmp"]  # torch 2.13's headers need C++20
+
+
+@functools.lru_cache(maxsize=None)
+def compiler_accepts(flags, level):
+    """Whether the C++ compiler knows a level's flags (GCC before 11 lacks -mamx-tile); a
+    level it does not know is skipped, and said so once."""
+    cxx = os.environ.get("CXX") or sysconfig.get_config_var("CXX") or "c++"
+    cmd = cxx.split() + list(flags) + ["-x", "c++", "-c", "-o", os.devnull, "-"]
+    try:
+        ok = subprocess.run(cmd, input="int main() { return 0; }\n", capture_output=True, text=True).returncode == 0
+    except OSError:
+        ok = False
+    if not ok:
+        print(f"convmixer_kernels: CPU level {level} skipped: the compiler does not accept {' '.join(flags)}")
+    return ok
 
 
 def cpu_levels():
@@ -90,6 +109,7 @@ def cpu_levels():
         if unknown:
             raise SystemExit(f"CONVMIXER_KERNELS_CPU_LEVELS: unknown levels {unknown}; known: {sorted(levels)}")
         levels = {n: f for n, f in levels.items() if n == "baseline" or n in names}
+    levels = {n: f for n, f in levels.items() if n == "baseline" or compiler_accepts(tuple(f), n)}
     arch = os.environ.get("CONVMIXER_KERNELS_CPU_ARCH")
     if arch:
         levels["custom"] = [f"-march={arch}", "-mtune=generic"]

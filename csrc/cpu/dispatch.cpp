@@ -14,6 +14,10 @@
 #if defined(__x86_64__) || defined(__i386__)
 #include <cpuid.h>
 #endif
+#if defined(__linux__) && defined(__x86_64__)
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
 
 namespace convmixer_kernels {
 namespace cpu {
@@ -29,8 +33,8 @@ CMK_DECLARE_LEVEL(avx2)
 #ifdef CMK_CPU_LEVEL_AVX512
 CMK_DECLARE_LEVEL(avx512)
 #endif
-#ifdef CMK_CPU_LEVEL_AVX512_BF16
-CMK_DECLARE_LEVEL(avx512_bf16)
+#ifdef CMK_CPU_LEVEL_AMX
+CMK_DECLARE_LEVEL(amx)
 #endif
 #ifdef CMK_CPU_LEVEL_CUSTOM
 CMK_DECLARE_LEVEL(custom)
@@ -44,8 +48,8 @@ const KernelTable* const kLevels[] = {
 #ifdef CMK_CPU_LEVEL_CUSTOM
     &custom::kKernelTable,
 #endif
-#ifdef CMK_CPU_LEVEL_AVX512_BF16
-    &avx512_bf16::kKernelTable,
+#ifdef CMK_CPU_LEVEL_AMX
+    &amx::kKernelTable,
 #endif
 #ifdef CMK_CPU_LEVEL_AVX512
     &avx512::kKernelTable,
@@ -65,6 +69,20 @@ uint64_t xcr0() {
   uint32_t lo, hi;
   __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
   return (static_cast<uint64_t>(hi) << 32) | lo;
+}
+
+// AMX tiles need XCR0's tile-config and tile-data state (bits 17, 18) and, on Linux, the
+// process's permission to use the 8 KB tile-data state, asked for once (ARCH_REQ_XCOMP_PERM,
+// Linux 5.16+). Without it the first tile instruction faults, so no permission means no
+// AMX level, not a crash.
+bool amx_permitted() {
+  if ((xcr0() & 0x60000) != 0x60000) return false;
+#if defined(__linux__) && defined(__x86_64__)
+  constexpr long kArchReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;
+  return syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) == 0;
+#else
+  return false;
+#endif
 }
 
 uint32_t cpu_features() {
@@ -97,8 +115,12 @@ uint32_t cpu_features() {
       if (bit(c, 1)) f |= kAvx512Vbmi;
       if (bit(c, 11)) f |= kAvx512Vnni;
       if (bit(d, 23)) f |= kAvx512Fp16;
-      if (__get_cpuid_count(7, 1, &a, &b, &c, &d) && bit(a, 5)) f |= kAvx512Bf16;
     }
+    if (os_avx512 && bit(d, 24) && amx_permitted()) {
+      f |= kAmxTile;
+      if (bit(d, 22)) f |= kAmxBf16;
+    }
+    if (os_avx512 && __get_cpuid_count(7, 1, &a, &b, &c, &d) && bit(a, 5)) f |= kAvx512Bf16;
   }
   return f;
 }

@@ -63,11 +63,13 @@ enum CpuFeature : uint32_t {
   kAvx512Fp16 = 1u << 19,
   kAvx512Vbmi = 1u << 20,
   kAvx512Vnni = 1u << 21,
+  kAmxTile = 1u << 22,  // cpuid, XCR0's tile state, and the kernel's permission (arch_prctl)
+  kAmxBf16 = 1u << 23,
 };
 
 // One capability level: mixer_block_cpu.cpp compiled with that level's flags.
 struct KernelTable {
-  const char* level;           // "baseline", "avx2", "avx512", "avx512_bf16", "custom"
+  const char* level;           // "baseline", "avx2", "avx512", "amx", "custom"
   uint32_t required_features;  // CpuFeature bits its compile flags let the compiler use
   Passes passes[kNumDTypes];
 };

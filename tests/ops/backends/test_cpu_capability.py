@@ -170,3 +170,34 @@ def test_bf16_nan_and_inf_land_where_eager_puts_them(level, layout, k):
     with cpu_level(level):
         y = cmk.mixer_block(*args, training=False, activation="relu", backend="cpu")
     assert torch.equal(y.isnan(), ref.isnan()) and torch.equal(y.isinf(), ref.isinf())
+
+
+# The amx level's bf16 eval runs on AMX tiles (csrc/cpu/amx_conv.h): every path of its
+# blocking -- one or two 32-column windows (k <= 17, k >= 18), odd and even column-block
+# counts (the shifted copy), two row blocks at a time and a leftover one, four column
+# blocks and a remainder -- against the float64 reference, in NCHW, a sliced input, and
+# channels_last with a partial block of channels (the 16 x 16 transposes).
+AMX_SHAPES = ((1, 5, 7), (2, 13, 13), (9, 32, 32), (17, 33, 50), (18, 16, 16), (31, 40, 70))
+
+
+@pytest.mark.parametrize("k,h,w", AMX_SHAPES, ids=lambda v: str(v))
+def test_amx_bf16_eval_every_blocking(k, h, w):
+    if "amx" not in RUNNABLE:
+        pytest.skip("needs a CPU with AMX-BF16 whose OS grants the tile state (Sapphire Rapids or later)")
+    with cpu_level("amx"):
+        for layout, c in (("nchw", 3), ("sliced", 3), ("channels_last", 19)):
+            case = Case(n=2, c=c, h=h, w=w, k=k, dtype=torch.bfloat16, layout=layout)
+            check_backend(make_inputs(case), "cpu", training=False, grads=False)
+
+
+def test_amx_level_needs_the_tile_permission():
+    # The level is only offered where cpuid lists AMX and the OS lets the process use the
+    # tile state; then it is the default, ahead of avx512.
+    levels = cmk.cpu_capabilities()
+    if "amx" not in levels:
+        pytest.skip("the amx level was not compiled (compiler without -mamx-tile, or not x86-64)")
+    with open("/proc/cpuinfo") as f:
+        flags = f.read()
+    assert levels["amx"] == ("amx_bf16" in flags and "amx_tile" in flags)
+    if "avx512" in levels:
+        assert list(levels).index("amx") < list(levels).index("avx512")
