@@ -46,7 +46,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from convmixer_kernels.triton import tuning  # noqa: E402
-from convmixer_kernels.triton.activations import CODES, act_forward  # noqa: E402
+from convmixer_kernels.conventions import ACTIVATION_CODES  # noqa: E402
+from convmixer_kernels.triton.activations import act_forward  # noqa: E402
 
 SMS = 132
 CLOCK = 1.98e9
@@ -85,7 +86,7 @@ def epilogue_fp32_ops(activation: str, finite_check: bool) -> float:
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    consts = {"ACT": CODES[activation], "FINITE_CHECK": finite_check, "BLOCK": _PROBE_BLOCK}
+    consts = {"ACT": ACTIVATION_CODES[activation], "FINITE_CHECK": finite_check, "BLOCK": _PROBE_BLOCK}
     src = ASTSource(fn=_epilogue_probe, constexprs=consts,
                     signature={"h_ptr": "*fp32", "x_ptr": "*bf16", "y_ptr": "*bf16", "mean": "fp32", "scale": "fp32",
                                "shift": "fp32", **{k: "constexpr" for k in consts}})

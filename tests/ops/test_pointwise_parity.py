@@ -69,7 +69,7 @@ def fused(*args, training, activation):
 
 
 def reference(*args, training, activation):
-    return patch_conv_block_reference(*args, training=training, activation_fn=activation)
+    return patch_conv_block_reference(*args, training=training, activation=activation)
 
 
 def summand_scales(tensors, *, training, activation, grad_out):
@@ -82,7 +82,7 @@ def summand_scales(tensors, *, training, activation, grad_out):
     h.retain_grad()
     stats = [t.clone() if t is not None else None for t in (tensors["running_mean"], tensors["running_var"])]
     normalized_activation(h, tensors["gamma"], tensors["beta"], *stats, training=training,
-                          activation_fn=activation).backward(grad_out)
+                          activation=activation).backward(grad_out)
     dh = h.grad.abs()
     magnitude = torch.autograd.grad(torch.nn.functional.conv2d(x.abs(), w, None, stride=w.shape[-1]), w, dh)[0]
     return {"dweight": magnitude, "dbias": dh.sum(dim=(0, 2, 3))}

@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+from tests.harness import ROOT
 from tests.ops.backends.test_triton_compile import _has_nvidia_backend
 
 SCRIPT = """
@@ -35,8 +36,7 @@ for launch in launches:
 def test_gemm_epilogue_kernel_compiles_for_sm90():
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["TRITON_DEFAULT_FP_FUSION"] = "1"
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env["PYTHONPATH"] = root
-    result = subprocess.run([sys.executable, "-c", SCRIPT], env=env, cwd=root, capture_output=True, text=True,
+    env["PYTHONPATH"] = ROOT
+    result = subprocess.run([sys.executable, "-c", SCRIPT], env=env, cwd=ROOT, capture_output=True, text=True,
                             timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

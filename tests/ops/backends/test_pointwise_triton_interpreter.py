@@ -32,7 +32,7 @@ def test_triton_matches_reference(activation, mode):
         y = gemm_epilogue(*leaves, *stats, training=training, activation=activation, backend="triton")
     ref_leaves = [t.double().requires_grad_(mode != "eval") for t in (x, w, b, g, be)]
     ref_stats = [rm.double(), rv.double()]
-    ref = gemm_epilogue_reference(*ref_leaves, *ref_stats, training=training, activation_fn=activation)
+    ref = gemm_epilogue_reference(*ref_leaves, *ref_stats, training=training, activation=activation)
     assert y.isfinite().all(), f"unwritten outputs, seed {seed}"
     torch.testing.assert_close(y.double(), ref, rtol=1e-5, atol=2e-5, msg=f"seed {seed}")
     for got, want in zip(stats, ref_stats):
