@@ -73,6 +73,9 @@ CPU_LEVELS = {
     "baseline": ["-march=x86-64", "-mtune=generic"],
     "avx2": ["-march=x86-64-v3", "-mtune=generic"],
     "avx512": ["-march=x86-64-v4", "-mtune=generic"],
+    # AVX-512 plus its bf16 dot products (Zen 4 and later EPYCs): the bf16 NCHW
+    # convolutions run on pairs of taps (csrc/cpu/bf16_dot_conv.h).
+    "avx512_bf16": ["-march=x86-64-v4", "-mavx512bf16", "-mtune=generic"],
     # AVX-512 plus the bf16 instructions and AMX tiles of Sapphire Rapids and later Xeons:
     # the bf16 convolutions run on the tiles (csrc/cpu/amx_conv.h).
     "amx": ["-march=x86-64-v4", "-mavx512bf16", "-mamx-tile", "-mamx-bf16", "-mtune=generic"],

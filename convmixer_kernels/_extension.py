@@ -49,7 +49,8 @@ def cuda_missing_reason() -> Optional[str]:
 
 def cpu_capability() -> Optional[str]:
     """The instruction-set level the CPU kernels run at: 'baseline' (any x86-64),
-    'avx2' (AVX2 + FMA), 'avx512', or 'custom' (a CONVMIXER_KERNELS_CPU_ARCH build); the
+    'avx2' (AVX2 + FMA), 'avx512', 'avx512_bf16' (AVX-512 BF16 dot products: Zen 4),
+    'amx' (AMX tiles: Sapphire Rapids) or 'custom' (a CONVMIXER_KERNELS_CPU_ARCH build); the
     best level this CPU supports unless CONVMIXER_KERNELS_CPU_CAPABILITY names one. None
     where the extension did not load."""
     ext = load()

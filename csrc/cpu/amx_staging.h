@@ -1,12 +1,14 @@
-// Data movement of the AMX level's bf16 passes (AVX-512BW): bf16 <-> float32 on 16
-// lanes, and the 16 x 16 transposes that turn channels_last pixels into the per-channel
-// planes the tile kernels convolve, and back.
+// Data movement of the AMX level's bf16 passes (AVX-512BW): the 16 x 16 transposes that
+// turn channels_last pixels into the per-channel planes the tile kernels convolve, and
+// back. The bf16 <-> float32 conversions are in bf16_convert.h.
 #pragma once
 
 #include <immintrin.h>
 
 #include <array>
 #include <cstdint>
+
+#include "bf16_convert.h"
 
 #if !defined(__AVX512BW__)
 #error "amx_staging.h needs AVX-512BW"
@@ -15,21 +17,6 @@
 namespace convmixer_kernels {
 namespace cpu {
 namespace CMK_CPU_CAPABILITY {
-
-// bf16 <-> float32 on 16 lanes. The rounding is c10::BFloat16's (round to nearest even,
-// any NaN to 0x7fc0), so results match the other levels' scalar conversions bit for bit.
-inline __m512 bf16x16_to_float(const uint16_t* p) {
-  const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
-  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(v), 16));
-}
-
-inline __m256i float_to_bf16x16(__m512 v) {
-  const __m512i u = _mm512_castps_si512(v);
-  const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
-  __m512i r = _mm512_srli_epi32(_mm512_add_epi32(u, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff))), 16);
-  r = _mm512_mask_mov_epi32(r, _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), _mm512_set1_epi32(0x7fc0));
-  return _mm512_cvtepi32_epi16(r);
-}
 
 // A 16 x 16 transpose of 16-bit elements: dst row r, column q = src row q, column r,
 // rows of src `src_stride` and of dst `dst_stride` elements apart. `rows_in` rows of src
@@ -49,7 +36,7 @@ class Transpose16 {
 
   void operator()(const uint16_t* src, int64_t src_stride, int rows_in, int cols_in, uint16_t* dst,
                   int64_t dst_stride) const {
-    const __mmask16 cols = cols_in >= 16 ? __mmask16(0xffff) : __mmask16((1u << cols_in) - 1);
+    const __mmask16 cols = first_lanes(cols_in);
     __m512i v[8];
     for (int k = 0; k < 8; ++k) {
       const __mmask16 m0 = 2 * k < rows_in ? cols : 0, m1 = 2 * k + 1 < rows_in ? cols : 0;

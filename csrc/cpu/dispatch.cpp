@@ -33,6 +33,9 @@ CMK_DECLARE_LEVEL(avx2)
 #ifdef CMK_CPU_LEVEL_AVX512
 CMK_DECLARE_LEVEL(avx512)
 #endif
+#ifdef CMK_CPU_LEVEL_AVX512_BF16
+CMK_DECLARE_LEVEL(avx512_bf16)
+#endif
 #ifdef CMK_CPU_LEVEL_AMX
 CMK_DECLARE_LEVEL(amx)
 #endif
@@ -50,6 +53,9 @@ const KernelTable* const kLevels[] = {
 #endif
 #ifdef CMK_CPU_LEVEL_AMX
     &amx::kKernelTable,
+#endif
+#ifdef CMK_CPU_LEVEL_AVX512_BF16
+    &avx512_bf16::kKernelTable,
 #endif
 #ifdef CMK_CPU_LEVEL_AVX512
     &avx512::kKernelTable,

@@ -37,6 +37,17 @@
 #else
 #define CMK_HAVE_AMX 0
 #endif
+#if defined(__AVX512BW__)
+#include "bf16_convert.h"
+#endif
+// The levels with AVX-512 BF16 but no AMX ("avx512_bf16": Zen 4) convolve bf16 NCHW
+// planes with vdpbf16ps on pairs of taps.
+#if defined(__AVX512BF16__) && !CMK_HAVE_AMX
+#define CMK_HAVE_BF16_DOT 1
+#include "bf16_dot_conv.h"
+#else
+#define CMK_HAVE_BF16_DOT 0
+#endif
 
 namespace convmixer_kernels {
 namespace cpu {
@@ -90,8 +101,18 @@ IVec<T> lane_index() {
   return idx;
 }
 
+// Contiguous bf16 rows convert 16 lanes at a time where AVX-512BW is there (bitwise the
+// same rounding as the casts); everything else converts element by element.
+template <typename T, typename S>
+constexpr bool kBf16ToFloat = std::is_same<S, c10::BFloat16>::value && std::is_same<T, float>::value;
+
 template <typename T, typename S>
 inline void load_row(T* dst, const S* src, int64_t n, int64_t stride) {
+#if defined(__AVX512BW__)
+  if constexpr (kBf16ToFloat<T, S>) {
+    if (stride == 1) return bf16_row_to_float(dst, reinterpret_cast<const uint16_t*>(src), n);
+  }
+#endif
   if (stride == 1) {
     for (int64_t j = 0; j < n; ++j) dst[j] = static_cast<T>(src[j]);
   } else {
@@ -101,6 +122,11 @@ inline void load_row(T* dst, const S* src, int64_t n, int64_t stride) {
 
 template <typename T, typename S>
 inline void store_row(S* dst, int64_t stride, const T* src, int64_t n) {
+#if defined(__AVX512BW__)
+  if constexpr (kBf16ToFloat<T, S>) {
+    if (stride == 1) return float_row_to_bf16(reinterpret_cast<uint16_t*>(dst), src, n);
+  }
+#endif
   if (stride == 1) {
     for (int64_t j = 0; j < n; ++j) dst[j] = static_cast<S>(src[j]);
   } else {
@@ -178,6 +204,9 @@ struct PlaneState {
   Scratch<T> in, h, dh, dy, row;
   T* dh_base = nullptr;
   std::vector<T> w, wflip;
+  // The bf16 tap-pair planes of bf16_dot_conv.h, sized on first use.
+  Scratch<uint32_t> pairs;
+  std::vector<uint32_t> wpairs;
   PlaneState(const PlaneGeom<T>& pg, bool backward) {
     in.resize(pg.plane);
     h.resize(static_cast<size_t>(pg.rows) * pg.cols);
@@ -213,6 +242,19 @@ void load_and_convolve_plane(const Geometry& g, const PlaneGeom<T>& pg, const S*
   load_plane(g, x, n, c, st.in.data(), pg.pitch, pg.left);
   load_weights(weight, c, pg.K, st.w.data());
   const T b = bias ? static_cast<T>(bias[c]) : T(0);
+#if CMK_HAVE_BF16_DOT
+  if constexpr (std::is_same<S, c10::BFloat16>::value) {
+    if (!st.pairs.data()) {
+      st.pairs.resize(pg.plane);
+      st.wpairs.resize(static_cast<size_t>(pg.K) * (pg.K / 2));
+    }
+    make_bf16_pairs(st.in.data(), pg.pitch, pg.prows, st.pairs.data());
+    make_bf16_weight_pairs(st.w.data(), pg.K, st.wpairs.data());
+    const auto conv = pg.nv == 2 ? conv_plane_bf16<KT, 2, kPlaneRows> : conv_plane_bf16<KT, 1, kPlaneRows>;
+    return conv(st.pairs.data(), st.in.data(), pg.pitch, st.wpairs.data(), st.w.data(), b, st.h.data(), pg.cols,
+                pg.rows, pg.cols, pg.K);
+  }
+#endif
   conv_plane_k<T, KT>(pg, st.in.data(), st.w.data(), b, st.h.data());
 }
 

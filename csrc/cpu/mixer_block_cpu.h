@@ -69,7 +69,7 @@ enum CpuFeature : uint32_t {
 
 // One capability level: mixer_block_cpu.cpp compiled with that level's flags.
 struct KernelTable {
-  const char* level;           // "baseline", "avx2", "avx512", "amx", "custom"
+  const char* level;           // "baseline", "avx2", "avx512", "avx512_bf16", "amx", "custom"
   uint32_t required_features;  // CpuFeature bits its compile flags let the compiler use
   Passes passes[kNumDTypes];
 };

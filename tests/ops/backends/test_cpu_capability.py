@@ -190,16 +190,50 @@ def test_amx_bf16_eval_every_blocking(k, h, w):
             check_backend(make_inputs(case), "cpu", training=False, grads=False)
 
 
+def cpuinfo_flags():
+    """The CPU's flags as Linux's /proc/cpuinfo lists them (skips elsewhere)."""
+    if not os.path.exists("/proc/cpuinfo"):
+        pytest.skip("reads the CPU's flags from Linux's /proc/cpuinfo")
+    with open("/proc/cpuinfo") as f:
+        line = next((ln for ln in f if ln.startswith("flags")), "")
+    return set(line.split(":", 1)[-1].split())
+
+
 def test_amx_level_needs_the_tile_permission():
     # The level is only offered where cpuid lists AMX and the OS lets the process use the
     # tile state; then it is the default, ahead of avx512.
     levels = cmk.cpu_capabilities()
     if "amx" not in levels:
         pytest.skip("the amx level was not compiled (compiler without -mamx-tile, or not x86-64)")
-    if not os.path.exists("/proc/cpuinfo"):
-        pytest.skip("reads the CPU's flags from Linux's /proc/cpuinfo")
-    with open("/proc/cpuinfo") as f:
-        flags = f.read()
+    flags = cpuinfo_flags()
     assert levels["amx"] == ("amx_bf16" in flags and "amx_tile" in flags)
     if "avx512" in levels:
         assert list(levels).index("amx") < list(levels).index("avx512")
+
+
+def test_avx512_bf16_level_follows_the_cpu_flag():
+    # The avx512_bf16 level (vdpbf16ps convolutions, csrc/cpu/bf16_dot_conv.h) runs where
+    # cpuid lists AVX512_BF16, and is preferred to avx512 there.
+    levels = cmk.cpu_capabilities()
+    if "avx512_bf16" not in levels:
+        pytest.skip("the avx512_bf16 level was not compiled (compiler without -mavx512bf16, or not x86-64)")
+    flags = cpuinfo_flags()
+    assert levels["avx512_bf16"] == ("avx512_bf16" in flags and "avx512bw" in flags)
+    if "avx512" in levels:
+        assert list(levels).index("avx512_bf16") < list(levels).index("avx512")
+
+
+# The avx512_bf16 level's bf16 NCHW convolution pairs taps (bf16_dot_conv.h): even and odd
+# k (the odd last column on FMAs), one and two vectors per row (w <= 16 and > 16), the
+# generic-k path (k = 4, 11), a sliced input (strided rows through the scalar loads), in
+# eval and in training with gradients, against the float64 reference.
+@pytest.mark.parametrize("k,h,w", ((1, 5, 7), (2, 9, 16), (3, 13, 17), (4, 6, 33), (9, 32, 32), (11, 12, 40)),
+                         ids=lambda v: str(v))
+def test_avx512_bf16_conv_every_path(k, h, w):
+    if "avx512_bf16" not in RUNNABLE:
+        pytest.skip("needs a CPU with AVX-512 BF16 (Zen 4, Sapphire Rapids or later)")
+    with cpu_level("avx512_bf16"):
+        for layout in ("nchw", "sliced"):
+            case = Case(n=2, c=3, h=h, w=w, k=k, dtype=torch.bfloat16, layout=layout)
+            for training in (False, True):
+                check_backend(make_inputs(case), "cpu", training=training, grads=training)
