@@ -31,7 +31,10 @@ inline __m256i float_to_bf16x16(__m512 v) {
   return _mm512_cvtepi32_epi16(r);
 }
 
-inline __mmask16 first_lanes(int64_t n) { return n >= 16 ? __mmask16(0xffff) : __mmask16((1u << n) - 1); }
+// The mask of the first n of 16 lanes (none for n <= 0).
+inline __mmask16 first_lanes(int64_t n) {
+  return n >= 16 ? __mmask16(0xffff) : n <= 0 ? __mmask16(0) : __mmask16((1u << n) - 1);
+}
 
 // dst[j] = float(src[j]) for j < n; reads and writes nothing past n.
 inline void bf16_row_to_float(float* dst, const uint16_t* src, int64_t n) {

@@ -8,8 +8,8 @@
 // and a kernel row of K taps costs K / 2 instructions per vector instead of K FMAs. The
 // products of two bf16 values are exact in float32, and the sums accumulate in float32
 // like the FMA path, so the results differ from it only in the order of the additions.
-// (vdpbf16ps treats bf16 subnormals as zero: inputs below 1.2e-38 in magnitude, far
-// inside the bf16 parity bound.)
+// (vdpbf16ps flushes subnormals to zero, in its inputs and in the running sum: errors
+// below 1.2e-38 in magnitude, far inside the bf16 parity bound.)
 //
 // An odd K leaves the last tap of each row unpaired; it runs as an FMA on the float
 // plane rather than as a pair with a zero weight, because 0 * inf is a NaN that eager
