@@ -1,5 +1,5 @@
 // The NCHW depthwise convolution of bf16 planes on AVX-512 BF16 (vdpbf16ps), for the
-// levels that have it and no AMX tiles (Zen 4; Sapphire Rapids runs amx_conv.h instead).
+// levels that have it and no AMX tiles (Zen 4; see CMK_HAVE_BF16_DOT in kernel_common.h).
 //
 // vdpbf16ps adds to each float32 lane the two products of a pair of bf16 values with a
 // pair of bf16 weights. A pair of horizontally adjacent taps (s, s + 1) of a kernel row

@@ -30,7 +30,9 @@
 #define CMK_HAVE_AMX 0
 #endif
 // The levels with AVX-512 BF16 but no AMX ("avx512_bf16": Zen 4) convolve bf16 NCHW
-// planes with vdpbf16ps on pairs of taps (bf16_dot_conv.h).
+// planes with vdpbf16ps on pairs of taps (bf16_dot_conv.h), in every pass. The amx level
+// keeps FMAs outside its tile eval: on Sapphire Rapids vdpbf16ps issues at half the FMA
+// rate and measured only break-even (README, Intel Xeon results).
 #if defined(__AVX512BF16__) && !CMK_HAVE_AMX
 #define CMK_HAVE_BF16_DOT 1
 #else
