@@ -39,6 +39,14 @@ TORCH_LIBRARY(convmixer_kernels, m) {
       "_kernel_backward_with_sums(Tensor grad_out, Tensor x, Tensor weight, Tensor? bias, Tensor? gamma, "
       "Tensor mean, Tensor var, float eps, Tensor sum_dy, Tensor sum_dy_xhat, int count, str activation) "
       "-> (Tensor, Tensor, Tensor)");
+  // The pointwise and stem blocks' BatchNorm over (rows, columns) matrices (CPU only;
+  // convmixer_kernels/ops/gemm_epilogue_blocked.py), per column: in float64,
+  // (sum(u - u_center), sum((u - u_center) * (v - v_center))); and
+  // (v - v_center) * v_scale + shift (+ u * u_scale), BatchNorm's output or input gradient.
+  m.def("_kernel_column_moments(Tensor u, Tensor v, Tensor? u_center, Tensor? v_center) -> (Tensor, Tensor)");
+  m.def(
+      "_kernel_column_affine(Tensor v, Tensor v_center, Tensor v_scale, Tensor shift, Tensor? u, Tensor? u_scale) "
+      "-> Tensor");
 }
 
 }  // namespace convmixer_kernels

@@ -212,3 +212,11 @@ def register_kernel_fakes() -> None:
     @torch.library.register_fake("convmixer_kernels::_kernel_backward")
     def _(grad_out, x, weight, bias, gamma, mean, var, eps, batch_stats, activation):
         return _fake_backward(x, weight)
+
+    @torch.library.register_fake("convmixer_kernels::_kernel_column_moments")
+    def _(u, v, u_center, v_center):
+        return u.new_empty((u.shape[1],), dtype=torch.float64), u.new_empty((u.shape[1],), dtype=torch.float64)
+
+    @torch.library.register_fake("convmixer_kernels::_kernel_column_affine")
+    def _(v, v_center, v_scale, shift, u, u_scale):
+        return torch.empty_like(v, memory_format=torch.contiguous_format)

@@ -1,7 +1,8 @@
 """The "blocked" backend of gemm_epilogue: torch's GEMM (MKL/oneDNN on a CPU, cuBLAS on a
 GPU). In eval over blocks of rows, each block's epilogue (bias inside the GEMM,
-activation, BN affine) run while the block is still in cache; in training one GEMM and
-ATen's batch-norm kernels over the activation.
+activation, BN affine) run while the block is still in cache; in training one GEMM and a
+BatchNorm over the activation's columns: on a CPU csrc/cpu/column_stats.h's (float sums
+merged in double), on a GPU ATen's batch-norm kernels.
 
 Why this and not one big GEMM followed by elementwise passes, or eager's three modules:
 measured on this 2-core Sapphire Rapids (one thread, M = 8192 rows, 768 -> 768, GELU,
@@ -23,6 +24,7 @@ from ..reference import apply_activation as act
 
 BLOCK_BYTES = 3 << 20
 MIN_BLOCK_ROWS = 256
+CENTER_ROWS = 128
 
 
 def block_rows(x: Tensor, out_features: int) -> int:
@@ -78,20 +80,45 @@ def forward_eval(x: Tensor, weight: Tensor, bias: Optional[Tensor], scale: Tenso
     return y
 
 
+def _columns_in_double(x: Tensor) -> bool:
+    """Whether the BatchNorm over the columns runs in csrc/cpu/column_stats.h (chunked float
+    sums merged in double) rather than in ATen's batch-norm kernels: on a CPU whose build
+    has the kernel ops. ATen's float32 statistics over a (rows, C) matrix are the
+    channels_last kernel's, 20-100x less accurate than its NCHW ones (1.6e-6 against 5.6e-8
+    relative error of the mean at 8192 x 256), and the error compounds through an optimizer
+    (examples/train_digits.py). On a GPU ATen's Welford kernels are kept."""
+    return x.device.type == "cpu" and hasattr(torch.ops.convmixer_kernels, "_kernel_column_moments")
+
+
 def forward_train(x: Tensor, weight: Tensor, bias: Optional[Tensor], gamma: Optional[Tensor],
                   beta: Optional[Tensor], eps: float, activation: str) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     """(y, z, mean, var): z = x @ weight.T + bias (kept for backward), the batch mean and
     biased variance of act(z) per column, and y = BN(act(z)).
 
-    The statistics and the normalization are ATen's batch-norm kernel over act(z): it
-    measured 4x faster here than per-block torch reductions (torch.var_mean over rows
+    On a GPU the statistics and the normalization are ATen's batch-norm kernel over act(z):
+    it measured 4x faster here than per-block torch reductions (torch.var_mean over rows
     took 16% of a small ConvMixer's training step, eager's whole BatchNorm 4%)."""
     z = _gemm_block(x, weight.t(), bias, x.new_empty((x.shape[0], weight.shape[0])))
-    y, mean, invstd = torch.ops.aten.native_batch_norm(act(z, activation), gamma, beta, None, None,
-                                                        True, 0.0, eps)
+    a = act(z, activation)
     acc = acc_dtype(x.dtype)
-    mean, invstd = mean.to(acc), invstd.to(acc)
-    return y, z, mean, invstd.pow(-2) - eps
+    if not _columns_in_double(x):
+        y, mean, invstd = torch.ops.aten.native_batch_norm(a, gamma, beta, None, None, True, 0.0, eps)
+        return y, z, mean.to(acc), invstd.to(acc).pow(-2) - eps
+    # Sums around the mean of the first rows: the variance comes from sums of squared
+    # deviations, not a difference of large second moments (a single row as the center
+    # measured 10x worse: it can sit 3 standard deviations off).
+    center = a[:CENTER_ROWS].mean(0, dtype=torch.float64).to(acc)
+    sum_d, sum_d2 = torch.ops.convmixer_kernels._kernel_column_moments(a, a, center, center)
+    rows = a.shape[0]
+    mean_d = sum_d / rows
+    mean = (center.double() + mean_d).to(acc)
+    var_d = (sum_d2 / rows - mean_d * mean_d).clamp_min(0)
+    # y = (a - mean) * invstd * gamma + beta in acc_dtype, rounded once, as ATen's kernel.
+    scale = torch.rsqrt(var_d + eps)
+    scale = (scale if gamma is None else scale * gamma.double()).to(acc)
+    shift = beta if beta is not None else torch.zeros_like(mean)
+    y = torch.ops.convmixer_kernels._kernel_column_affine(a, mean, scale, shift, None, None)
+    return y, z, mean, var_d.to(acc)
 
 
 def affine(gamma, beta, mean, var, eps):
@@ -108,14 +135,38 @@ def affine(gamma, beta, mean, var, eps):
 def backward(grad: Tensor, x: Tensor, weight: Tensor, z: Tensor, gamma: Optional[Tensor], mean: Tensor,
              var: Tensor, eps: float, batch_stats: bool, activation: str):
     """(dx, dweight, dbias, dgamma, dbeta): act(z) recomputed from z; BatchNorm's backward
-    (ATen's kernel: dgamma = sum(dy * xhat), dbeta = sum(dy) and da, with or without the
-    batch statistics' terms); dz = act'(z) * da; then two GEMMs, dx = dz @ W and
-    dW = dz.T @ x, and dbias = sum(dz)."""
+    (dgamma = sum(dy * xhat), dbeta = sum(dy) and da, with or without the batch
+    statistics' terms); dz = act'(z) * da; then two GEMMs, dx = dz @ W and dW = dz.T @ x,
+    and dbias = sum(dz)."""
     a = act(z, activation)
-    g = gamma if gamma is not None else torch.ones_like(mean)
-    stats = (None, None, mean, torch.rsqrt(var + eps)) if batch_stats else (mean, var, None, None)
-    da, dgamma, dbeta = torch.ops.aten.native_batch_norm_backward(grad, a, g, *stats, batch_stats, eps,
-                                                                  [True, True, True])
-    dz = activation_backward(da, z, activation)
     acc = acc_dtype(x.dtype)
+    g = gamma if gamma is not None else torch.ones_like(mean)
+    if _columns_in_double(x):
+        da, dgamma, dbeta = _batch_norm_backward_columns(grad, a, g, mean, var, eps, batch_stats)
+    else:
+        stats = (None, None, mean, torch.rsqrt(var + eps)) if batch_stats else (mean, var, None, None)
+        da, dgamma, dbeta = torch.ops.aten.native_batch_norm_backward(grad, a, g, *stats, batch_stats, eps,
+                                                                      [True, True, True])
+    dz = activation_backward(da, z, activation)
     return torch.mm(dz, weight), torch.mm(dz.t(), x), dz.sum(0, dtype=acc), dgamma.to(acc), dbeta.to(acc)
+
+
+def _batch_norm_backward_columns(grad: Tensor, a: Tensor, gamma: Tensor, mean: Tensor, var: Tensor, eps: float,
+                                 batch_stats: bool) -> Tuple[Tensor, Tensor, Tensor]:
+    """(da, dgamma, dbeta) of y = (a - mean) * invstd * gamma + beta per column, with the
+    sums in double (csrc/cpu/column_stats.h). With batch statistics
+    da = gamma * invstd * (dy - sum(dy) / M - xhat * sum(dy * xhat) / M), written as
+    (a - mean) * k_a + k_0 + dy * k_dy with per-column coefficients."""
+    kernels = torch.ops.convmixer_kernels
+    sum_dy, sum_dy_centered = kernels._kernel_column_moments(grad, a, None, mean)
+    invstd = torch.rsqrt(var.double() + eps)
+    dbeta, dgamma = sum_dy, sum_dy_centered * invstd
+    k_dy = gamma.double() * invstd
+    acc = mean.dtype
+    if not batch_stats:
+        zeros = torch.zeros_like(mean)
+        return kernels._kernel_column_affine(grad, zeros, k_dy.to(acc), zeros, None, None), dgamma, dbeta
+    rows = a.shape[0]
+    k_a = -k_dy * invstd * invstd * sum_dy_centered / rows
+    k_0 = -k_dy * sum_dy / rows
+    return kernels._kernel_column_affine(a, mean, k_a.to(acc), k_0.to(acc), grad, k_dy.to(acc)), dgamma, dbeta

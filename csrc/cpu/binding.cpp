@@ -103,6 +103,72 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_with_sums_cpu(
   return {call.dx, call.dweight, call.dbias};
 }
 
+// The pointwise and stem blocks' BatchNorm over (rows, cols) matrices (column_stats.h).
+void check_matrix(const at::Tensor& t, const char* name, const at::Tensor& u) {
+  TORCH_CHECK(t.dim() == 2, "gemm_epilogue: ", name, " must be 2-D (rows, columns), got ", t.dim(), "-D");
+  TORCH_CHECK(t.scalar_type() == at::kFloat || t.scalar_type() == at::kHalf || t.scalar_type() == at::kBFloat16 ||
+                  t.scalar_type() == at::kDouble,
+              "gemm_epilogue: ", name, " must be float32, float16, bfloat16 or float64, got ", t.scalar_type());
+  TORCH_CHECK(t.device().is_cpu(), "gemm_epilogue: ", name, " must be a cpu tensor, got ", t.device());
+  TORCH_CHECK(t.size(1) <= 1 || t.stride(1) == 1, "gemm_epilogue: ", name,
+              " must have contiguous columns (stride 1 along dim 1), got strides ", t.strides());
+  TORCH_CHECK(t.size(0) <= 1 || t.stride(0) >= t.size(1), "gemm_epilogue: ", name,
+              " rows must not overlap, got strides ", t.strides(), " for shape ", t.sizes());
+  if (&t != &u) {
+    TORCH_CHECK(t.sizes() == u.sizes(), "gemm_epilogue: ", name, " must have the shape ", u.sizes(), ", got ",
+                t.sizes());
+    TORCH_CHECK(t.scalar_type() == u.scalar_type(), "gemm_epilogue: ", name, " must have the dtype ",
+                u.scalar_type(), ", got ", t.scalar_type());
+  }
+}
+
+void check_column_vector(const c10::optional<at::Tensor>& t, const char* name, const at::Tensor& u) {
+  if (!t.has_value()) return;
+  const auto acc = acc_dtype(u.scalar_type());
+  TORCH_CHECK(t->dim() == 1 && t->size(0) == u.size(1), "gemm_epilogue: ", name, " must have shape (", u.size(1),
+              ",), got ", t->sizes());
+  TORCH_CHECK(t->scalar_type() == acc, "gemm_epilogue: ", name, " must be ", acc, ", got ", t->scalar_type());
+  TORCH_CHECK(t->device().is_cpu(), "gemm_epilogue: ", name, " must be a cpu tensor, got ", t->device());
+  TORCH_CHECK(t->is_contiguous(), "gemm_epilogue: ", name, " must be contiguous");
+}
+
+std::tuple<at::Tensor, at::Tensor> column_moments_cpu(const at::Tensor& u, const at::Tensor& v,
+                                                      const c10::optional<at::Tensor>& u_center,
+                                                      const c10::optional<at::Tensor>& v_center) {
+  check_matrix(u, "u", u);
+  check_matrix(v, "v", u);
+  check_column_vector(u_center, "u_center", u);
+  check_column_vector(v_center, "v_center", u);
+  auto sum_u = at::empty({u.size(1)}, u.options().dtype(at::kDouble));
+  auto sum_uv = at::empty({u.size(1)}, u.options().dtype(at::kDouble));
+  cpu::ColumnMomentsParams p{u.size(0), u.size(1), u.data_ptr(), u.stride(0), v.data_ptr(), v.stride(0),
+                             ptr_or_null(u_center), ptr_or_null(v_center), sum_u.data_ptr<double>(),
+                             sum_uv.data_ptr<double>()};
+  cpu_passes(u.scalar_type(), "_kernel_column_moments").column_moments(p);
+  return {sum_u, sum_uv};
+}
+
+at::Tensor column_affine_cpu(const at::Tensor& v, const at::Tensor& v_center, const at::Tensor& v_scale,
+                             const at::Tensor& shift, const c10::optional<at::Tensor>& u,
+                             const c10::optional<at::Tensor>& u_scale) {
+  check_matrix(v, "v", v);
+  check_column_vector(v_center, "v_center", v);
+  check_column_vector(v_scale, "v_scale", v);
+  check_column_vector(shift, "shift", v);
+  TORCH_CHECK(u.has_value() == u_scale.has_value(), "gemm_epilogue: u and u_scale must both be given or both be None");
+  if (u.has_value()) check_matrix(*u, "u", v);
+  check_column_vector(u_scale, "u_scale", v);
+  auto out = at::empty(v.sizes(), v.options().memory_format(at::MemoryFormat::Contiguous));
+  cpu::ColumnAffineParams p{v.size(0),          v.size(1),
+                            v.data_ptr(),       v.stride(0),
+                            v_center.data_ptr(), v_scale.data_ptr(),
+                            shift.data_ptr(),   ptr_or_null(u),
+                            u.has_value() ? u->stride(0) : 0, ptr_or_null(u_scale),
+                            out.data_ptr()};
+  cpu_passes(v.scalar_type(), "_kernel_column_affine").column_affine(p);
+  return out;
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(convmixer_kernels, CPU, m) {
@@ -112,6 +178,8 @@ TORCH_LIBRARY_IMPL(convmixer_kernels, CPU, m) {
   m.impl("_kernel_forward_stats", &forward_stats_cpu);
   m.impl("_kernel_backward_sums", &backward_sums_cpu);
   m.impl("_kernel_backward_with_sums", &backward_with_sums_cpu);
+  m.impl("_kernel_column_moments", &column_moments_cpu);
+  m.impl("_kernel_column_affine", &column_affine_cpu);
 }
 
 }  // namespace convmixer_kernels

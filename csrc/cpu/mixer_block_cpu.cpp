@@ -14,7 +14,8 @@
 // This file holds the per-dtype entry points and the level's KernelTable; the passes are
 // in headers it alone includes: kernel_common.h (shared helpers), plane_staging.h (NCHW
 // units), tile_staging.h (channels_last units), partial_sums.h (the fixed-order merges),
-// forward_passes.h, backward_passes.h, and amx_eval.h (the amx level's bf16 eval).
+// forward_passes.h, backward_passes.h, amx_eval.h (the amx level's bf16 eval) and
+// column_stats.h (the pointwise and stem blocks' BatchNorm).
 #include "mixer_block_cpu.h"
 
 #include <c10/util/BFloat16.h>
@@ -25,6 +26,7 @@
 #include <utility>
 
 #include "backward_passes.h"
+#include "column_stats.h"
 #include "forward_passes.h"
 #include "kernel_common.h"
 #if CMK_HAVE_AMX
@@ -79,7 +81,8 @@ void backward(const BackwardParams& p) {
 
 template <typename scalar_t>
 constexpr Passes passes() {
-  return {forward_eval<scalar_t>, forward_train<scalar_t>, backward<scalar_t>};
+  return {forward_eval<scalar_t>, forward_train<scalar_t>, backward<scalar_t>, column_moments<scalar_t>,
+          column_affine<scalar_t>};
 }
 
 // The extensions this translation unit's flags let the compiler emit, which the CPU must

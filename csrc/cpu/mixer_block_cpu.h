@@ -26,6 +26,40 @@ namespace cpu {
 enum class DType : int32_t { kFloat = 0, kDouble = 1, kBFloat16 = 2, kHalf = 3 };
 constexpr int kNumDTypes = 4;
 
+// BatchNorm over the columns of a (rows, cols) matrix (column_stats.h). Rows are strided,
+// columns contiguous; scalar_t is u's and v's dtype, acc_t as for the mixer block.
+// sum_u[c] = sum_r (u[r, c] - u_center[c]), sum_uv[c] = sum_r (u[r, c] - u_center[c]) *
+// (v[r, c] - v_center[c]), in double; a null center is 0.
+struct ColumnMomentsParams {
+  int64_t rows;
+  int64_t cols;
+  const void* u;  // scalar_t
+  int64_t u_row_stride;
+  const void* v;  // scalar_t, may be u
+  int64_t v_row_stride;
+  const void* u_center;  // [cols] acc_t or nullptr
+  const void* v_center;  // [cols] acc_t or nullptr
+  double* sum_u;         // [cols]
+  double* sum_uv;        // [cols]
+};
+
+// out[r, c] = (v[r, c] - v_center[c]) * v_scale[c] + shift[c] (+ u[r, c] * u_scale[c]
+// where u is given), in acc_t, rounded once to scalar_t: BatchNorm's output (v = a) and
+// its input gradient (v = a, u = dy).
+struct ColumnAffineParams {
+  int64_t rows;
+  int64_t cols;
+  const void* v;  // scalar_t
+  int64_t v_row_stride;
+  const void* v_center;  // [cols] acc_t
+  const void* v_scale;   // [cols] acc_t
+  const void* shift;     // [cols] acc_t
+  const void* u;         // scalar_t, or nullptr
+  int64_t u_row_stride;
+  const void* u_scale;  // [cols] acc_t, or nullptr with u
+  void* out;            // (rows, cols) scalar_t, contiguous
+};
+
 struct Passes {
   // Eval: y = x + act(dwconv(x) + b) * s + t with s = gamma * rsqrt(var_in + eps),
   // t = beta - mean_in * s. One pass.
@@ -37,6 +71,9 @@ struct Passes {
   // Backward (see BackwardParams): pass 1 reduces dbeta and dgamma; pass 2 recomputes h,
   // forms dh and reduces dbias and dweight; pass 3 writes dx = dy + conv_transpose(dh).
   void (*backward)(const BackwardParams&);
+  // The pointwise and stem blocks' BatchNorm statistics and input gradient.
+  void (*column_moments)(const ColumnMomentsParams&);
+  void (*column_affine)(const ColumnAffineParams&);
 };
 
 // Instruction-set extensions a level's code may use; dispatch.cpp reads them from cpuid.
