@@ -13,7 +13,7 @@ if ! $PY -c "import torch" 2>/dev/null; then
 fi
 # triton: the GPU backend; on a CPU machine its interpreter runs the Triton tests.
 $PY -c "import triton" 2>/dev/null || $PIP triton
-$PIP setuptools wheel ninja numpy pytest expecttest
+$PIP setuptools wheel ninja numpy pytest pytest-xdist expecttest
 # The model layer's extras: images, progress bars, the digits example, plots, ONNX export.
 $PIP pillow tqdm scikit-learn matplotlib onnx onnxruntime onnxscript
 # timm's ImageNet synset list (evaluate maps synset-named folders with it); its files only:

@@ -17,6 +17,7 @@ modelled, not measured: tests/ops/backends/test_cuda_gpu.py is still the word on
 
 import concurrent.futures
 import ctypes
+import fcntl
 import glob
 import hashlib
 import os
@@ -78,7 +79,15 @@ def build() -> str:
     if os.path.exists(lib):
         return lib
     os.makedirs(out_dir, exist_ok=True)
+    # pytest-xdist workers build at the same time: one compiles, the others wait for its library.
+    with open(os.path.join(out_dir, "build.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not os.path.exists(lib):
+            _compile(cxx, out_dir, lib)
+    return lib
 
+
+def _compile(cxx: str, out_dir: str, lib: str) -> None:
     def compile_one(src):
         obj = os.path.join(out_dir, os.path.basename(src) + ".o")
         lang = ["-x", "c++"] if src.endswith(".cu") else []
@@ -97,7 +106,6 @@ def build() -> str:
     if proc.returncode != 0:
         raise RuntimeError(f"linking the emulator failed:\n{proc.stderr[-6000:]}")
     os.replace(tmp, lib)
-    return lib
 
 
 class EmulatorError(RuntimeError):

@@ -7,13 +7,12 @@ import sys
 from tests.harness import ROOT
 
 
-
 def test_benchmark_cpu_mode(tmp_path):
     out = tmp_path / "bench.csv"
     subprocess.run(
         [sys.executable, os.path.join(ROOT, "benchmarks", "bench_mixer_block.py"), "--device", "cpu",
          "--shapes", "2:8:9:3", "--baselines", "eager", "--warmup", "1", "--repeats", "3", "--out", str(out)],
-        check=True, cwd=ROOT,
+        check=True, cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")),
     )
     rows = list(csv.DictReader(open(out)))
     contenders = {(r["mode"], r["backend"], r["layout"]) for r in rows}

@@ -20,10 +20,21 @@ import torch
 
 import convmixer_kernels as cmk
 from convmixer_kernels import _extension
+from tests.harness import ROOT
 from tests.harness.cpu_levels import RUNNABLE, cpu_level
 from tests.harness.parity import Case, check_backend, make_inputs, run_block
 
 pytestmark = pytest.mark.skipif(_extension.load() is None, reason="the compiled extension did not load")
+
+
+def _child_env(level=None):
+    """The environment of a child Python: it imports this checkout (not whatever an earlier
+    install left on its path), at the given CPU level or at the one it detects."""
+    env = {k: v for k, v in os.environ.items() if k != "CONVMIXER_KERNELS_CPU_CAPABILITY"}
+    env["PYTHONPATH"] = ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")
+    if level is not None:
+        env["CONVMIXER_KERNELS_CPU_CAPABILITY"] = level
+    return env
 
 def test_default_level_is_the_best_this_cpu_runs():
     levels = cmk.cpu_capabilities()
@@ -48,11 +59,10 @@ def test_unknown_level_is_refused_with_the_compiled_names(bad):
 
 def test_forced_level_from_the_environment():
     code = "import convmixer_kernels as c; print(c.cpu_capability())"
-    env = dict(os.environ, CONVMIXER_KERNELS_CPU_CAPABILITY="baseline")
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, "-c", code], env=_child_env("baseline"), capture_output=True, text=True,
+                         check=True)
     assert out.stdout.strip() == "baseline"
-    env["CONVMIXER_KERNELS_CPU_CAPABILITY"] = "no_such_level"
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-c", code], env=_child_env("no_such_level"), capture_output=True, text=True)
     assert out.returncode != 0 and "CPU capability must be one of the compiled levels" in out.stderr
 
 
@@ -142,8 +152,7 @@ def test_runs_on_an_older_cpu_under_qemu(cpu, level, tmp_path):
     script = tmp_path / "old_cpu.py"
     script.write_text(_OLD_CPU_SCRIPT)
     python = os.path.realpath(sys.executable)  # qemu runs binaries, not launcher scripts
-    env = {k: v for k, v in os.environ.items() if k != "CONVMIXER_KERNELS_CPU_CAPABILITY"}
-    out = subprocess.run([qemu, "-cpu", cpu, python, str(script)], capture_output=True, text=True, env=env,
+    out = subprocess.run([qemu, "-cpu", cpu, python, str(script)], capture_output=True, text=True, env=_child_env(),
                          timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     lines = out.stdout.splitlines()

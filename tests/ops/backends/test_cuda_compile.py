@@ -49,6 +49,7 @@ def test_cuda_sources_exist():
 
 
 @needs_nvcc
+@pytest.mark.xdist_group("nvcc")  # one worker compiles them all once (pytest -n ... --dist loadgroup)
 @pytest.mark.parametrize("source", CUDA_SOURCES, ids=os.path.basename)
 def test_nvcc_compiles(source, nvcc_results):
     returncode, output = nvcc_results[source]
