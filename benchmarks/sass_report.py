@@ -536,7 +536,7 @@ def dynamic_smem(k: int) -> int:
         exe = os.path.join(tmp, "smem")
         cxx = shutil.which(os.environ.get("CXX", "g++")) or sys.exit("sass_report: no host C++ compiler")
         subprocess.run([cxx, "-std=c++17", "-x", "c++", "-DCONVMIXER_KERNELS_CUDA_EMULATOR", "-I", CSRC,
-                        "-I", os.path.join(CSRC, "cuda_emulator", "include"), src, "-c", "-o", exe + ".o"], check=True)
+                        "-I", os.path.join(ROOT, "tests", "harness", "cuda_emulator", "include"), src, "-c", "-o", exe + ".o"], check=True)
         # the emulator's runtime is not linked: only the constexpr-like layout arithmetic runs
         subprocess.run([cxx, exe + ".o", "-o", exe], check=True)
         return int(subprocess.run([exe], capture_output=True, text=True, check=True).stdout)

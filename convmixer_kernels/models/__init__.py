@@ -5,7 +5,7 @@ inference.py, imagenet_classes.py, imagefolder.py (those need Pillow and load on
 
 from .configs import CONFIGS, IMAGENET_MEAN, IMAGENET_STD, ModelConfig, get_config, list_models, resolve_name
 from .convmixer import ConvMixer
-from .factory import create_model, get_model, meta_model
+from .factory import create_model, get_model
 
 __all__ = ["CONFIGS", "ConvMixer", "IMAGENET_MEAN", "IMAGENET_STD", "ModelConfig", "create_model", "get_config",
-           "get_model", "list_models", "meta_model", "resolve_name"]
+           "get_model", "list_models", "resolve_name"]

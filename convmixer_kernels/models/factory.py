@@ -12,8 +12,6 @@ a local file in the official, timm or mmpretrain format, or a state dict already
 import dataclasses
 from typing import Optional
 
-import torch
-
 from . import checkpoint as ckpt
 from . import hub
 from .configs import get_config
@@ -65,9 +63,3 @@ def get_model(
 def create_model(model_name: str, pretrained=False, **kwargs) -> ConvMixer:
     """timm's spelling of get_model."""
     return get_model(model_name, pretrained=pretrained, **kwargs)
-
-
-def meta_model(name: str, **overrides) -> ConvMixer:
-    """The named architecture on the meta device: shapes and parameter counts, no memory."""
-    with torch.device("meta"):
-        return ConvMixer(**{**get_config(name).model_kwargs(), "fused": False, **overrides})

@@ -28,6 +28,7 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
+from ..conventions import acc_dtype
 from ..reference import ACTIVATIONS, gemm_epilogue_reference
 from . import gemm_epilogue_blocked as blocked
 from .custom_ops import refuse_double_backward
@@ -90,7 +91,7 @@ def _gemm_epilogue_train(x: Tensor, weight: Tensor, bias: Optional[Tensor], gamm
 @_gemm_epilogue_train.register_fake
 def _(x, weight, bias, gamma, beta, eps, activation, backend):
     out = x.new_empty((x.shape[0], weight.shape[0]))
-    stats = x.new_empty((weight.shape[0],), dtype=blocked.acc_dtype(x.dtype))
+    stats = x.new_empty((weight.shape[0],), dtype=acc_dtype(x.dtype))
     return out, torch.empty_like(out), stats, torch.empty_like(stats)
 
 
@@ -104,7 +105,7 @@ def _gemm_epilogue_backward(grad: Tensor, x: Tensor, weight: Tensor, z: Tensor, 
 
 @_gemm_epilogue_backward.register_fake
 def _(grad, x, weight, z, gamma, mean, var, eps, batch_stats, activation, backend):
-    vec = x.new_empty((weight.shape[0],), dtype=blocked.acc_dtype(x.dtype))
+    vec = x.new_empty((weight.shape[0],), dtype=acc_dtype(x.dtype))
     return (torch.empty_like(x), torch.empty_like(weight), torch.empty_like(vec), torch.empty_like(vec),
             torch.empty_like(vec))
 
@@ -214,7 +215,7 @@ def gemm_epilogue(x: Tensor, weight: Tensor, bias: Optional[Tensor], bn_weight: 
         return gemm_epilogue_reference(x, weight, bias, bn_weight, bn_bias, running_mean, running_var,
                                        training=training, momentum=momentum, eps=eps, activation=activation)
     name = _resolve(backend, x)
-    acc = blocked.acc_dtype(x.dtype)
+    acc = acc_dtype(x.dtype)
     x, weight = x.contiguous(), weight.contiguous()
     gamma, beta = (t.to(acc).contiguous() if t is not None else None for t in (bn_weight, bn_bias))
     no_autocast = contextlib.nullcontext() if x.device.type == "meta" else torch.autocast(x.device.type,

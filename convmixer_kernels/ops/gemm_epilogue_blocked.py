@@ -20,6 +20,7 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
+from ..conventions import acc_dtype
 from ..reference import apply_activation as act
 
 BLOCK_BYTES = 3 << 20
@@ -29,10 +30,6 @@ CENTER_ROWS = 128
 
 def block_rows(x: Tensor, out_features: int) -> int:
     return max(MIN_BLOCK_ROWS, BLOCK_BYTES // max(1, out_features * x.element_size()))
-
-
-def acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def activation_(t: Tensor, activation: str) -> Tensor:

@@ -75,7 +75,7 @@ def _multiprocessors(device: torch.device) -> int:
     return 4
 
 
-class _Problem:
+class _LaunchPlan:
     """Shapes, layout, kernels and prepared weight of one call."""
 
     def __init__(self, x, weight, activation):
@@ -143,7 +143,7 @@ class _Problem:
         return grid
 
 
-def _or(t: Optional[torch.Tensor], dummy: torch.Tensor) -> torch.Tensor:
+def _or_dummy(t: Optional[torch.Tensor], dummy: torch.Tensor) -> torch.Tensor:
     # Pointer arguments the kernel never reads (HAS_* is False) still need a tensor.
     return dummy if t is None else t
 
@@ -159,102 +159,102 @@ def _column_sum(part: torch.Tensor, out: torch.Tensor, inner: int = 0, outer: in
     return out
 
 
-def _apply(prob, x, bias, gamma, beta, mean, var, eps):
+def _apply(plan, x, bias, gamma, beta, mean, var, eps):
     y = torch.empty_like(x)
-    if prob.tensor_cores:
-        prob.kernels.banded_apply.launch(
-            prob.banded_grid(), x, prob.w_band, _or(bias, prob.w_band), _or(gamma, mean), _or(beta, mean), mean,
-            var, y, prob.N, prob.C, prob.H, prob.W, eps,
-            K=prob.K, ACT=prob.act, HAS_BIAS=bias is not None, HAS_GAMMA=gamma is not None,
-            HAS_BETA=beta is not None, BLOCK_W=tuning.BAND_W, SEG=tuning.band_segment(prob.K),
+    if plan.tensor_cores:
+        plan.kernels.banded_apply.launch(
+            plan.banded_grid(), x, plan.w_band, _or_dummy(bias, plan.w_band), _or_dummy(gamma, mean),
+            _or_dummy(beta, mean), mean, var, y, plan.N, plan.C, plan.H, plan.W, eps,
+            K=plan.K, ACT=plan.act, HAS_BIAS=bias is not None, HAS_GAMMA=gamma is not None,
+            HAS_BETA=beta is not None, BLOCK_W=tuning.BAND_W, SEG=tuning.band_segment(plan.K),
         )
         return y
-    prob.kernels.apply.launch(
-        prob.tile_grid(), x, prob.w, _or(bias, prob.w), _or(gamma, mean), _or(beta, mean), mean, var, y,
-        prob.C, prob.H, prob.W, eps,
-        K=prob.K, ACT=prob.act, HAS_BIAS=bias is not None, HAS_GAMMA=gamma is not None,
+    plan.kernels.apply.launch(
+        plan.tile_grid(), x, plan.w, _or_dummy(bias, plan.w), _or_dummy(gamma, mean), _or_dummy(beta, mean), mean,
+        var, y, plan.C, plan.H, plan.W, eps,
+        K=plan.K, ACT=plan.act, HAS_BIAS=bias is not None, HAS_GAMMA=gamma is not None,
         HAS_BETA=beta is not None,
     )
     return y
 
 
 def forward_eval(x, weight, bias, gamma, beta, running_mean, running_var, eps, activation):
-    prob = _Problem(x, weight, activation)
-    return _apply(prob, x, bias, gamma, beta, running_mean, running_var, eps)
+    plan = _LaunchPlan(x, weight, activation)
+    return _apply(plan, x, bias, gamma, beta, running_mean, running_var, eps)
 
 
-def _stats(prob, x, bias):
+def _stats(plan, x, bias):
     """The statistics pass and its merge: the batch mean and biased variance of a."""
     f32 = dict(dtype=torch.float32, device=x.device)
-    part_mean = torch.empty((prob.P, prob.C), **f32)
-    part_m2 = torch.empty((prob.P, prob.C), **f32)
-    if prob.tensor_cores:
-        prob.kernels.banded_stats.launch(
-            prob.region_grid(), x, prob.w_band, _or(bias, prob.w_band), part_mean, part_m2,
-            prob.C, prob.H, prob.W, prob.n_bands, prob.band_rows,
-            K=prob.K, ACT=prob.act, HAS_BIAS=bias is not None, BLOCK_M=tuning.band_tile_rows(prob.band_rows),
-            BLOCK_W=tuning.BAND_W, SEG=tuning.band_segment(prob.K),
+    part_mean = torch.empty((plan.P, plan.C), **f32)
+    part_m2 = torch.empty((plan.P, plan.C), **f32)
+    if plan.tensor_cores:
+        plan.kernels.banded_stats.launch(
+            plan.region_grid(), x, plan.w_band, _or_dummy(bias, plan.w_band), part_mean, part_m2,
+            plan.C, plan.H, plan.W, plan.n_bands, plan.band_rows,
+            K=plan.K, ACT=plan.act, HAS_BIAS=bias is not None, BLOCK_M=tuning.band_tile_rows(plan.band_rows),
+            BLOCK_W=tuning.BAND_W, SEG=tuning.band_segment(plan.K),
         )
     else:
-        prob.kernels.stats.launch(
-            prob.region_grid(), x, prob.w, _or(bias, prob.w), part_mean, part_m2,
-            prob.C, prob.H, prob.W, prob.n_bands, prob.band_rows,
-            K=prob.K, ACT=prob.act, HAS_BIAS=bias is not None,
+        plan.kernels.stats.launch(
+            plan.region_grid(), x, plan.w, _or_dummy(bias, plan.w), part_mean, part_m2,
+            plan.C, plan.H, plan.W, plan.n_bands, plan.band_rows,
+            K=plan.K, ACT=plan.act, HAS_BIAS=bias is not None,
         )
-    mean = torch.empty((prob.C,), **f32)
-    var = torch.empty((prob.C,), **f32)
-    reductions.merge_welford[(triton.cdiv(prob.C, _RED_BLOCK_C),)](
-        part_mean, part_m2, mean, var, prob.C, prob.P, prob.n_bands, prob.band_rows, prob.H, prob.W,
+    mean = torch.empty((plan.C,), **f32)
+    var = torch.empty((plan.C,), **f32)
+    reductions.merge_welford[(triton.cdiv(plan.C, _RED_BLOCK_C),)](
+        part_mean, part_m2, mean, var, plan.C, plan.P, plan.n_bands, plan.band_rows, plan.H, plan.W,
         BLOCK_P=_RED_BLOCK_P, BLOCK_C=_RED_BLOCK_C,
     )
     return mean, var
 
 
 def forward_train(x, weight, bias, gamma, beta, eps, activation):
-    prob = _Problem(x, weight, activation)
-    mean, var = _stats(prob, x, bias)
-    return _apply(prob, x, bias, gamma, beta, mean, var, eps), mean, var
+    plan = _LaunchPlan(x, weight, activation)
+    mean, var = _stats(plan, x, bias)
+    return _apply(plan, x, bias, gamma, beta, mean, var, eps), mean, var
 
 
 def _backward_problem(grad_out, x, weight, activation):
-    prob = _Problem(x, weight, activation)
+    plan = _LaunchPlan(x, weight, activation)
     if grad_out.stride() != x.stride():
-        grad_out = grad_out.contiguous(memory_format=memory_format(prob.layout))
-    return prob, grad_out
+        grad_out = grad_out.contiguous(memory_format=memory_format(plan.layout))
+    return plan, grad_out
 
 
-def _region_args(prob):
-    return (prob.C, prob.H, prob.W, prob.n_bands, prob.band_rows)
+def _region_args(plan):
+    return (plan.C, plan.H, plan.W, plan.n_bands, plan.band_rows)
 
 
-def _sums(prob, grad_out, x, bias, mean, var, eps):
+def _sums(plan, grad_out, x, bias, mean, var, eps):
     """Pass 1 with batch statistics: (sum dy, sum dy * xhat) per channel."""
     f32 = dict(dtype=torch.float32, device=x.device)
-    part = torch.empty((prob.P, 2, prob.C), **f32)
-    prob.kernels.backward_stats.launch(
-        prob.region_grid(), x, prob.w, _or(bias, prob.w), mean, var, grad_out, part, *_region_args(prob), eps,
-        K=prob.K, ACT=prob.act, HAS_BIAS=bias is not None,
+    part = torch.empty((plan.P, 2, plan.C), **f32)
+    plan.kernels.backward_stats.launch(
+        plan.region_grid(), x, plan.w, _or_dummy(bias, plan.w), mean, var, grad_out, part, *_region_args(plan),
+        eps, K=plan.K, ACT=plan.act, HAS_BIAS=bias is not None,
     )
-    return _column_sum(part[:, 0], torch.empty((prob.C,), **f32)), _column_sum(part[:, 1], torch.empty((prob.C,), **f32))
+    return _column_sum(part[:, 0], torch.empty((plan.C,), **f32)), _column_sum(part[:, 1], torch.empty((plan.C,), **f32))
 
 
-def _backward_apply(prob, grad_out, x, bias, gamma, mean, var, eps, sums, count):
+def _backward_apply(plan, grad_out, x, bias, gamma, mean, var, eps, sums, count):
     """Passes 2-3: (dx, dweight, dbias) and, with frozen statistics (sums None), the
     sums for dbeta and dgamma that pass 2 reduces itself; with batch statistics `sums`
     are (sum dy, sum dy * xhat) over `count` values per channel."""
     f32 = dict(dtype=torch.float32, device=x.device)
-    C, P, K = prob.C, prob.P, prob.K
-    kernels = prob.kernels
-    region_args = _region_args(prob)
+    C, P, K = plan.C, plan.P, plan.K
+    kernels = plan.kernels
+    region_args = _region_args(plan)
     batch_stats = sums is not None
     sum_dy, sum_dy_xhat = sums if batch_stats else (mean, mean)  # frozen BN: unread
     dh = torch.empty_like(x, dtype=torch.float32)
     part = torch.empty((P, 1 if batch_stats else 3, C), **f32)
     kernels.backward_dh.launch(
-        prob.region_grid(), x, prob.w, _or(bias, prob.w), _or(gamma, mean), mean, var, grad_out,
+        plan.region_grid(), x, plan.w, _or_dummy(bias, plan.w), _or_dummy(gamma, mean), mean, var, grad_out,
         sum_dy, sum_dy_xhat, dh, part,
         *region_args, eps, 1.0 / count,
-        K=K, ACT=prob.act, HAS_BIAS=bias is not None, HAS_GAMMA=gamma is not None, BATCH_STATS=batch_stats,
+        K=K, ACT=plan.act, HAS_BIAS=bias is not None, HAS_GAMMA=gamma is not None, BATCH_STATS=batch_stats,
     )
     dbias = _column_sum(part[:, 0], torch.empty((C,), **f32))
     frozen_sums = None
@@ -263,19 +263,19 @@ def _backward_apply(prob, grad_out, x, bias, gamma, mean, var, eps, sums, count)
                        _column_sum(part[:, 2], torch.empty((C,), **f32)))
 
     dx = torch.empty_like(x)
-    kernels.backward_dx.launch(prob.tile_grid(), dh, prob.w_flipped(), grad_out, dx, C, prob.H, prob.W, K=K)
+    kernels.backward_dx.launch(plan.tile_grid(), dh, plan.w_flipped(), grad_out, dx, C, plan.H, plan.W, K=K)
     group = tuning.dw_group(K)
     part = torch.empty((P, K * K, C), **f32)
-    kernels.backward_dw.launch(prob.region_grid(triton.cdiv(K, group)), dh, x, part, *region_args, K=K, GROUP=group)
+    kernels.backward_dw.launch(plan.region_grid(triton.cdiv(K, group)), dh, x, part, *region_args, K=K, GROUP=group)
     dweight = _column_sum(part.view(P, K * K * C), torch.empty((C, 1, K, K), **f32), inner=C, outer=K * K)
     return dx, dweight, dbias, frozen_sums
 
 
 def backward(grad_out, x, weight, bias, gamma, mean, var, eps, batch_stats, activation):
-    prob, grad_out = _backward_problem(grad_out, x, weight, activation)
-    sums = _sums(prob, grad_out, x, bias, mean, var, eps) if batch_stats else None
-    count = prob.N * prob.H * prob.W
-    dx, dweight, dbias, frozen_sums = _backward_apply(prob, grad_out, x, bias, gamma, mean, var, eps, sums, count)
+    plan, grad_out = _backward_problem(grad_out, x, weight, activation)
+    sums = _sums(plan, grad_out, x, bias, mean, var, eps) if batch_stats else None
+    count = plan.N * plan.H * plan.W
+    dx, dweight, dbias, frozen_sums = _backward_apply(plan, grad_out, x, bias, gamma, mean, var, eps, sums, count)
     dbeta, dgamma = sums if batch_stats else frozen_sums
     return dx, dweight, dbias, dgamma, dbeta
 
@@ -283,16 +283,16 @@ def backward(grad_out, x, weight, bias, gamma, mean, var, eps, batch_stats, acti
 # The pieces synchronized BatchNorm runs with collectives between them (ops/sync.py).
 
 def forward_stats(x, weight, bias, activation):
-    return _stats(_Problem(x, weight, activation), x, bias)
+    return _stats(_LaunchPlan(x, weight, activation), x, bias)
 
 
 def backward_sums(grad_out, x, weight, bias, mean, var, eps, activation):
-    prob, grad_out = _backward_problem(grad_out, x, weight, activation)
-    return _sums(prob, grad_out, x, bias, mean, var, eps)
+    plan, grad_out = _backward_problem(grad_out, x, weight, activation)
+    return _sums(plan, grad_out, x, bias, mean, var, eps)
 
 
 def backward_with_sums(grad_out, x, weight, bias, gamma, mean, var, eps, sum_dy, sum_dy_xhat, count, activation):
-    prob, grad_out = _backward_problem(grad_out, x, weight, activation)
-    dx, dweight, dbias, _ = _backward_apply(prob, grad_out, x, bias, gamma, mean, var, eps,
+    plan, grad_out = _backward_problem(grad_out, x, weight, activation)
+    dx, dweight, dbias, _ = _backward_apply(plan, grad_out, x, bias, gamma, mean, var, eps,
                                             (sum_dy, sum_dy_xhat), count)
     return dx, dweight, dbias

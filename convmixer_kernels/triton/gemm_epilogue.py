@@ -19,7 +19,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ..conventions import ACTIVATION_CODES
+from ..conventions import ACTIVATION_CODES, acc_dtype
 from .activations import act_forward
 
 BLOCK_M, BLOCK_N, BLOCK_K = 64, 64, 32
@@ -84,7 +84,7 @@ def forward_eval(x: Tensor, weight: Tensor, bias: Optional[Tensor], scale: Tenso
 
 
 def forward_train(x, weight, bias, gamma, beta, eps, activation):
-    from ..ops.gemm_epilogue_blocked import acc_dtype, affine
+    from ..ops.gemm_epilogue_blocked import affine
 
     y, z, tile_mean, tile_m2 = _launch(x, weight, bias, None, None, activation, True)
     m = x.shape[0]

@@ -2,13 +2,14 @@
 // 16-bit float headers, the PTX instructions (pinned shared-memory loads, ldmatrix, mma),
 // and the kernel launch.
 //
-// Compiled with CONVMIXER_KERNELS_CUDA_EMULATOR defined (by the tests, with g++), the
-// same kernels get these from csrc/cuda_emulator instead and run on the CPU: this file
-// is the only place the two builds differ.
+// Compiled with CONVMIXER_KERNELS_CUDA_EMULATOR defined (by the tests, with g++, with
+// tests/harness/cuda_emulator/include on the include path), the same kernels get these
+// from the emulator's stand-in <cuda_runtime.h> instead and run on the CPU: this file is
+// the only place the two builds differ.
 #pragma once
 
 #ifdef CONVMIXER_KERNELS_CUDA_EMULATOR
-#include "../cuda_emulator/device.h"
+#include <cuda_runtime.h>  // the emulator's: it brings the whole device model
 #else
 
 #include <cuda_bf16.h>

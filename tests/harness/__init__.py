@@ -1,5 +1,6 @@
 """What the tests share: the parity harness (parity.py), the parity sweep's sizes and rules
-(sweep.py), the CUDA emulator's backend (cuda_emulator.py), the synchronized-BN worker
+(sweep.py), the CUDA emulator (cuda_emulator/: its C++ and
+its backend), the synchronized-BN worker
 (sync_worker.py) and the CPU levels (cpu_levels.py)."""
 
 import os

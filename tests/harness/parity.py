@@ -33,25 +33,9 @@ ATOL = {
     torch.bfloat16: 8e-3,
 }
 
-LAYOUTS = ("nchw", "channels_last", "sliced")
-
 # The gpu tests that scripts/gpu_check.sh runs in its few minutes on a GPU: whole tests
-# with this mark, or the parameter values `quick` wraps (pytest -m gpu_quick).
+# or parameter values with this mark (pytest -m gpu_quick).
 GPU_QUICK = pytest.mark.gpu_quick
-
-
-def quick(*values):
-    """Parametrize values whose tests are also in the short GPU pass (gpu_quick)."""
-    return [pytest.param(v, marks=GPU_QUICK) for v in values]
-
-# (bias, affine, running) of the blocks users build besides the default one; every
-# backend's tests parametrize over these.
-OPTIONAL_PARAMETERS = [
-    (False, True, True),     # Conv2d(bias=False)
-    (True, False, True),     # BatchNorm2d(affine=False)
-    (True, True, False),     # BatchNorm2d(track_running_stats=False): batch stats in eval too
-    (False, False, False),
-]
 
 
 @contextlib.contextmanager

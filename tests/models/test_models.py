@@ -4,8 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from convmixer_kernels.models import CONFIGS, create_model, get_config, get_model, list_models, meta_model
-from convmixer_kernels.models import ConvMixer
+from convmixer_kernels.models import CONFIGS, ConvMixer, create_model, get_config, get_model, list_models
 from convmixer_kernels.modules import FusedMixerBlock
 
 # docs/design.md's table: h[d(k^2 + h + 6) + 3p^2 + n + 3] + n.
@@ -14,6 +13,12 @@ PUBLISHED_PARAMS = {
     "convmixer_1024_20_ks9_p14": 24_383_464,
     "convmixer_1536_20": 51_625_960,
 }
+
+
+def meta_model(name: str) -> ConvMixer:
+    """The named architecture on the meta device: shapes and parameter counts, no memory."""
+    with torch.device("meta"):
+        return ConvMixer(**{**get_config(name).model_kwargs(), "fused": False})
 
 
 def tiny(**kwargs) -> ConvMixer:

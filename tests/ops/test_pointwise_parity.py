@@ -10,7 +10,8 @@ import torch
 
 from convmixer_kernels.ops.gemm_epilogue import gemm_epilogue, patch_conv_block
 from convmixer_kernels.reference import ACTIVATIONS, normalized_activation, patch_conv_block_reference
-from tests.harness.parity import ATOL, OPTIONAL_PARAMETERS, poisoned_outputs, rel_err
+from tests.harness.parity import ATOL, poisoned_outputs, rel_err
+from tests.harness.sweep import OPTIONAL_PARAMETERS
 
 # (N, C, H, W, out channels, p, layout): pointwise (p = 1) with C and O multiples of
 # nothing, channels_last and sliced inputs, batch 1; stems whose size leaves a remainder.

@@ -1,6 +1,6 @@
 """What a backend of the mixer_block op is: one class per backend, declaring where it runs
 and implementing the passes. The registry (ops/backends/__init__.py) holds one instance
-of each; `register_backend` adds another (tests/harness/cuda_emulator.py registers the
+of each; `register_backend` adds another (tests/harness/cuda_emulator registers the
 emulated CUDA kernels this way).
 
 Every pass takes inputs already normalized by ops/mixer_block.py: x dense NCHW or

@@ -1,11 +1,11 @@
 """The cuda backend's kernels (csrc/cuda) on a machine without a GPU, under the CPU
-emulator (tests/harness/cuda_emulator.py, csrc/cuda_emulator): the parity sweep against
-reference.py in float64 with poisoned outputs over every kernel path (tensor-core and
-CUDA-core convolutions, 16-byte and element-wise staging, both tile shapes, the generic
-k, many items per block), guard bands around every buffer, NaN/inf placement, and
-bitwise-equal results whatever order the threads and blocks run in (a missing barrier
-shows as a difference). The emulator's own fault reports are checked on kernels with
-known faults.
+emulator (tests/harness/cuda_emulator), beyond the parity sweep that tests/ops/test_parity.py
+runs on it: every kernel path against reference.py in float64 with poisoned outputs
+(tensor-core and CUDA-core convolutions, 16-byte and element-wise staging, both tile
+shapes, the generic k, many items per block), guard bands around every buffer, NaN/inf
+placement on the tensor-core path, and bitwise-equal results whatever order the threads
+and blocks run in (a missing barrier shows as a difference). The emulator's own fault
+reports are checked on kernels with known faults.
 
 What this cannot show: speed, and the tensor cores' own rounding; tests/ops/backends/test_cuda_gpu.py
 runs the same kernels on a GPU.
@@ -19,74 +19,33 @@ import pytest
 import torch
 
 from tests.harness import cuda_emulator
-from tests.harness.parity import OPTIONAL_PARAMETERS, Case, check_backend, make_inputs, run_block
-from tests.harness.sweep import KERNEL_SIZES, assert_nonfinite_as_in_reference
+from tests.harness.parity import Case, check_backend, make_inputs, run_block
+from tests.harness.sweep import assert_nonfinite_as_in_reference
 
-pytestmark = pytest.mark.skipif(cuda_emulator.compiler() is None, reason="no C++ compiler for the CUDA emulator")
-
+# The `emulator` and `emulated` fixtures: tests/ops/conftest.py.
 NAME = "cuda_emulated"
 OUTPUTS = ("y", "running_mean", "running_var", "dx", "dweight", "dbias", "dgamma", "dbeta")
-
-
-@pytest.fixture(scope="module")
-def emulator():
-    return cuda_emulator.Emulator(cuda_emulator.build())
-
-
-@pytest.fixture
-def emulated(emulator):
-    """Registers the emulated kernels as backend "cuda_emulated" (as an H100 by default)."""
-    from convmixer_kernels.ops import backends
-
-    emulator.configure()
-    backend = backends.register_backend(cuda_emulator.EmulatedCudaBackend(emulator))
-    yield backend
-    backends.unregister_backend(NAME)
-    emulator.configure()
 
 
 def check(training, **case):
     check_backend(make_inputs(Case(**case)), NAME, training=training)
 
 
-# --------------------------------------------------------------------------- parity
-
-
-@pytest.mark.parametrize("training", (False, True), ids=("eval", "train"))
-@pytest.mark.parametrize("layout", ("nchw", "channels_last"))
-@pytest.mark.parametrize("k", sorted({*KERNEL_SIZES, 5}))  # the sweep's, and 5: a tensor-core k
-def test_kernel_sizes_and_layouts(emulated, training, layout, k):
-    check(training, n=2, c=17, h=13, w=13, k=k, layout=layout)
-
-
-@pytest.mark.parametrize("dtype,k", [(torch.bfloat16, k) for k in (3, 5, 7, 9, 4)] + [(torch.float16, k) for k in (7, 4)],
-                         ids=lambda v: str(v)[6:] if isinstance(v, torch.dtype) else str(v))
-def test_16bit_dtypes(emulated, dtype, k):
-    # k in {3, 5, 7, 9}: the tensor-core path; k = 4: the generic one
-    for training in (False, True):
-        for layout in ("nchw", "channels_last"):
-            check(training, n=2, c=19, h=11, w=11, k=k, dtype=dtype, layout=layout)
-
-
-@pytest.mark.parametrize("activation", ("gelu_tanh", "relu", "silu"))
-def test_activations(emulated, activation):
-    for dtype, training in ((torch.float32, True), (torch.bfloat16, False), (torch.bfloat16, True)):
-        check(training, n=2, c=12, h=9, w=9, k=7, dtype=dtype, activation=activation)
-
-
-@pytest.mark.parametrize("bias,affine,running", OPTIONAL_PARAMETERS)
-def test_optional_parameters(emulated, bias, affine, running):
-    for training in (False, True):
-        for dtype in (torch.float32, torch.bfloat16):
-            check(training, n=2, c=9, h=9, w=9, k=5, dtype=dtype, bias=bias, affine=affine, running=running)
-
-
 # --------------------------------------------------------------------------- every kernel path
 #
+# 16-bit dtypes with k in {3, 5, 7, 9}: tensor cores, else CUDA cores; other k: the generic
+# kernels. (The sweep runs k = 7 in every 16-bit dtype: test_activations_and_dtypes.)
 # 32 x 32 tiles of 8 channels need H, W > 16 and enough blocks for two per multiprocessor:
 # emulating a GPU of one multiprocessor gets them at small sizes. W (NCHW) or C
 # (channels_last) a multiple of the 16-byte vector: 16-byte staging, else element-wise.
-# (The generic k runs in test_kernel_sizes_and_layouts and test_16bit_dtypes.)
+
+
+@pytest.mark.parametrize("dtype,k", [(torch.bfloat16, k) for k in (3, 5, 9, 4)] + [(torch.float16, 4)],
+                         ids=lambda v: str(v)[6:] if isinstance(v, torch.dtype) else str(v))
+def test_16bit_paths(emulated, dtype, k):
+    for training in (False, True):
+        for layout in ("nchw", "channels_last"):
+            check(training, n=2, c=19, h=11, w=11, k=k, dtype=dtype, layout=layout)
 
 
 @pytest.mark.parametrize("dtype", (torch.float32, torch.bfloat16), ids=lambda d: str(d)[6:])

@@ -2,17 +2,14 @@
 device, not on every launch (cudaFuncSetAttribute costs microseconds per call), on the
 CPU emulator."""
 
-import pytest
 import torch
 
 from tests.harness import cuda_emulator
 from tests.harness.parity import Case, make_inputs
 
-pytestmark = pytest.mark.skipif(cuda_emulator.compiler() is None, reason="no C++ compiler for the CUDA emulator")
 
-
-def test_shared_memory_opt_in_is_cached():
-    emu = cuda_emulator.Emulator(cuda_emulator.build())
+def test_shared_memory_opt_in_is_cached(emulator):
+    emu = emulator  # tests/ops/conftest.py
     backend = cuda_emulator.EmulatedCudaBackend(emu)
     # float32, k = 31: the generic path's 46-row input planes need about 76 KB
     inp = make_inputs(Case(n=1, c=3, h=9, w=9, k=31, dtype=torch.float32))

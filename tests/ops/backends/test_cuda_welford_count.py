@@ -6,7 +6,6 @@ import pytest
 import torch
 
 import convmixer_kernels
-from tests.harness import cuda_emulator
 
 BIG = 2 ** 24  # the last count a float holds exactly while adding ones
 
@@ -23,8 +22,7 @@ def _chan(counts, means, m2s):
     return mean, m2 / n
 
 
-@pytest.mark.skipif(cuda_emulator.compiler() is None, reason="no C++ compiler for the CUDA emulator")
-def test_cuda_merge_over_slices_counts_past_2_24():
+def test_cuda_merge_over_slices_counts_past_2_24(emulator):
     # channel 0: 2^24 values of variance 1 around 0, then 4096 slices of one value at 0:
     # only the count moves the variance (2^24 / (2^24 + 4096)). Channel 1: the same counts,
     # the single values at 1, so the mean moves by 1 / (count so far) per slice. A float
@@ -35,7 +33,6 @@ def test_cuda_merge_over_slices_counts_past_2_24():
     partial[:, 0, :] = torch.tensor(counts, dtype=torch.float64)[:, None]
     partial[0, 2, 0] = BIG  # M2 of the big slice, channel 0
     partial[1:, 1, 1] = 1.0  # the single values of channel 1
-    emulator = cuda_emulator.Emulator(cuda_emulator.build())
     mean, var = emulator.welford_finalize(partial)
     for c in range(2):
         ref_mean, ref_var = _chan(counts, partial[:, 1, c].tolist(), partial[:, 2, c].tolist())

@@ -49,10 +49,10 @@ def test_tensor_cores_take_16_bit_inputs_only(monkeypatch, switch):
     for dtype, expected in ((torch.float32, False), (torch.float16, True), (torch.bfloat16, True)):
         for fmt in (torch.contiguous_format, torch.channels_last):
             x = torch.randn(1, 3, 5, 5).to(dtype).contiguous(memory_format=fmt)
-            prob = backend._Problem(x, w.to(dtype), "gelu")
-            assert prob.tensor_cores is (expected and switch == "1")
-            if prob.tensor_cores:
-                assert prob.w_band.dtype == dtype and prob.w_band.is_contiguous()
+            plan = backend._LaunchPlan(x, w.to(dtype), "gelu")
+            assert plan.tensor_cores is (expected and switch == "1")
+            if plan.tensor_cores:
+                assert plan.w_band.dtype == dtype and plan.w_band.is_contiguous()
 
 
 @_cpu_only

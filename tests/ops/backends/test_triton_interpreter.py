@@ -1,10 +1,10 @@
-"""The triton backend on a CPU-only machine, under TRITON_INTERPRET=1, against
-reference.py in float64 (tests/harness/parity.py: fresh inputs, poisoned outputs, forward,
-running statistics and all gradients).
-
-The interpreter runs every program of a grid in Python, so the shapes are small; the
-full sweep runs on a GPU in test_triton_gpu.py. bfloat16 is left to the GPU: the
-interpreter rounds float32 -> bfloat16 toward zero, not to nearest as the hardware does.
+"""The triton backend on a CPU-only machine, under TRITON_INTERPRET=1, beyond the parity
+sweep that tests/ops/test_parity.py runs on it (tests/harness/sweep.py's INTERPRETER:
+small shapes, since the interpreter runs every program of a grid in Python): tiles smaller
+than the data, the weight gradient's groups of taps, determinism, torch.compile and the
+reasons it gives where it cannot run. Against reference.py in float64
+(tests/harness/parity.py: fresh inputs, poisoned outputs, forward, running statistics and
+all gradients).
 """
 
 import os
@@ -24,7 +24,7 @@ import pytest  # noqa: E402
 pytest.importorskip("triton")
 
 from tests.harness.parity import (  # noqa: E402
-    OPTIONAL_PARAMETERS, Case, assert_compiled_block_matches, check_backend, make_inputs, poisoned_outputs)
+    Case, assert_compiled_block_matches, check_backend, make_inputs, poisoned_outputs)
 
 import convmixer_kernels as cmk  # noqa: E402
 
@@ -32,20 +32,6 @@ pytestmark = pytest.mark.skipif(
     torch.cuda.is_available(), reason="a CUDA GPU is present: tests/ops/backends/test_triton_gpu.py covers the triton backend"
 )
 _needs_interpreter = pytest.mark.skipif(_IMPORTED_TOO_EARLY, reason="see test_kernels_run_interpreted")
-
-# k = 1 with batch statistics makes the conv-weight and conv-bias gradients nearly
-# cancel (BatchNorm is invariant to the scale and shift of its input, and a 1x1
-# depthwise conv is exactly such a scale and shift before the activation), so any
-# float32 implementation's error there is noise next to the small result; on fresh
-# inputs the 2x-eager bound fails about one draw in ten for eager-like float32 code too.
-# Those cases use fixed seeds where eager's own error is representative.
-_K1_TRAIN_SEEDS = {"nchw": 2, "channels_last": 5}
-
-
-def _inputs(case: Case, training: bool):
-    if case.k == 1 and training:
-        return make_inputs(case, seed=_K1_TRAIN_SEEDS[case.layout])
-    return make_inputs(case)
 
 
 def test_kernels_run_interpreted():
@@ -58,46 +44,6 @@ def test_kernels_run_interpreted():
         "imported it at collection): set it in conftest.py or in the environment"
     )
     assert cmk.ops.backends.why_unavailable("triton", torch.device("cpu"), torch.float32) is None
-
-
-@_needs_interpreter
-@pytest.mark.parametrize("training", (False, True), ids=("eval", "train"))
-@pytest.mark.parametrize("layout", ("nchw", "channels_last"))
-@pytest.mark.parametrize("k", (1, 2, 3, 7, 8))
-def test_kernel_sizes(k, layout, training):
-    # Odd sizes; the larger kernels on a single image to keep the interpreter quick.
-    n = 2 if k <= 3 else 1
-    case = Case(n=n, c=3, h=7, w=9, k=k, layout=layout)
-    check_backend(_inputs(case, training), "triton", training=training)
-
-
-@_needs_interpreter
-@pytest.mark.parametrize("activation", ("gelu", "gelu_tanh", "relu", "silu"))
-def test_activations(activation):
-    for training, layout in ((True, "channels_last"), (False, "nchw")):
-        case = Case(n=2, c=3, h=5, w=7, k=3, layout=layout, activation=activation)
-        check_backend(make_inputs(case), "triton", training=training)
-
-
-@_needs_interpreter
-@pytest.mark.parametrize("bias,affine,running", OPTIONAL_PARAMETERS)
-def test_optional_parameters(bias, affine, running):
-    for training, layout in ((False, "channels_last"), (True, "nchw")):
-        case = Case(n=2, c=3, h=5, w=5, k=2, layout=layout, bias=bias, affine=affine, running=running)
-        check_backend(make_inputs(case), "triton", training=training)
-
-
-@_needs_interpreter
-@pytest.mark.parametrize("layout", ("nchw", "channels_last"))
-def test_float16(layout):
-    for training in (False, True):
-        case = Case(n=2, c=3, h=5, w=7, k=3, dtype=torch.float16, layout=layout)
-        check_backend(make_inputs(case), "triton", training=training)
-
-
-@_needs_interpreter
-def test_strided_input_is_made_dense():
-    check_backend(make_inputs(Case(n=1, c=3, h=5, w=6, k=3, layout="sliced")), "triton", training=True)
 
 
 @pytest.fixture
@@ -137,7 +83,8 @@ def test_large_kernel_splits_weight_gradient_into_groups(layout, k):
     # the taps split into groups of rows (columns for NCHW), 5 + 5 for 9 rows and 4 x 4 for
     # 13, the last group running past k - 1 (tuning.dw_group).
     # Frozen BN: pass 3b is the same, and M = 20 values per channel would leave the
-    # batch-statistics gradients of the conv bias to rounding noise (see k = 1 above).
+    # batch-statistics gradients of the conv bias to rounding noise (BatchNorm cancels the
+    # conv's shift: tests/harness/parity.py, summand_scales).
     case = Case(n=1, c=2, h=4, w=5, k=k, layout=layout)
     check_backend(make_inputs(case), "triton", training=False)
 

@@ -1,7 +1,8 @@
 // A CPU stand-in for the part of CUDA the kernels in csrc/cuda use, so that the tests can
-// run those kernels, unchanged, on a machine without a GPU. csrc/cuda/platform.cuh
-// includes this file when CONVMIXER_KERNELS_CUDA_EMULATOR is defined, and the
-// <cuda_runtime.h>, <cuda_fp16.h> and <cuda_bf16.h> of include/ stand for the real ones.
+// run those kernels, unchanged, on a machine without a GPU. The <cuda_runtime.h>,
+// <cuda_fp16.h> and <cuda_bf16.h> of include/ stand for the real ones and include this
+// file (csrc/cuda/platform.cuh takes <cuda_runtime.h> when CONVMIXER_KERNELS_CUDA_EMULATOR
+// is defined).
 //
 // What it models (runtime.cpp): the blocks of a grid run one after another; the threads
 // of a block are fibers on one OS thread that switch only at __syncthreads, __syncwarp

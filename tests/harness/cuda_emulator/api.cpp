@@ -1,14 +1,14 @@
 // A C interface to the cuda backend's launchers (csrc/cuda/mixer_block_cuda.h) built on
 // the emulator, for the tests to call through ctypes on CPU tensors. The caller allocates
-// every output and workspace, as csrc/cuda_bindings.cpp does on a GPU.
+// every output and workspace, as csrc/cuda/binding.cpp does on a GPU.
 //
 // dtype: 0 float32, 1 float16, 2 bfloat16. geometry: N, C, H, W and their strides in
 // elements. Each call returns its cudaError_t (0 on success); cme_last_error says more.
 #include <cstdint>
 #include <string>
 
-#include "../cuda/launch.cuh"
-#include "../cuda/mixer_block_cuda.h"
+#include "cuda/launch.cuh"
+#include "cuda/mixer_block_cuda.h"
 #include "emulator.h"
 
 namespace {

@@ -1,10 +1,9 @@
 """The cuda backend's kernels (csrc/cuda), unchanged, run on CPU tensors.
 
-`build()` compiles every csrc/cuda source with g++ against csrc/cuda_emulator (a CPU
-stand-in for the CUDA runtime, the warp collectives and the PTX instructions the kernels
-use; see csrc/cuda_emulator/device.h) into a shared library, cached under
-build/cuda_emulator/ by a hash of the sources. `EmulatedCudaBackend` wraps its C
-interface (csrc/cuda_emulator/api.cpp) in a Backend (ops/backends/base.py), allocating
+`build()` compiles every csrc/cuda source with g++ against the C++ beside this file (a
+CPU stand-in for the CUDA runtime, the warp collectives and the PTX instructions the
+kernels use; see device.h) into a shared library, cached under build/cuda_emulator/ by a
+hash of the sources. `EmulatedCudaBackend` wraps its C interface (api.cpp) in a Backend (ops/backends/base.py), allocating
 outputs and workspaces as csrc/cuda/binding.cpp does, with two additions: every buffer
 the kernels see lies between guard bands of 0xff bytes (NaN in every float dtype), so a
 read past a tensor shows up as NaN in the results and a write past one as a changed
@@ -32,7 +31,7 @@ from convmixer_kernels.ops.backends.base import Backend
 from tests.harness import ROOT
 
 CSRC = os.path.join(ROOT, "csrc")
-EMULATOR = os.path.join(CSRC, "cuda_emulator")
+EMULATOR = os.path.dirname(os.path.abspath(__file__))
 BUILD_DIR = os.path.join(ROOT, "build", "cuda_emulator")
 SOURCES = sorted(glob.glob(os.path.join(CSRC, "cuda", "*.cu"))) + [
     os.path.join(EMULATOR, "runtime.cpp"),
@@ -41,7 +40,7 @@ SOURCES = sorted(glob.glob(os.path.join(CSRC, "cuda", "*.cu"))) + [
 ]
 FLAGS = [
     "-std=c++17", "-O2", "-fPIC", "-DCONVMIXER_KERNELS_CUDA_EMULATOR",
-    "-I", os.path.join(EMULATOR, "include"),
+    "-I", os.path.join(EMULATOR, "include"), "-I", CSRC,
     "-Wall", "-Wextra", "-Wno-unknown-pragmas",  # nvcc's #pragma unroll
 ]
 
@@ -58,8 +57,8 @@ def _source_hash() -> str:
     h = hashlib.sha256(" ".join(FLAGS).encode())
     # everything the build can include: csrc/cuda, the emulator, and csrc's shared headers
     inputs = glob.glob(os.path.join(CSRC, "*.h")) + [
-        p for d in ("cuda", "cuda_emulator") for p in glob.glob(os.path.join(CSRC, d, "**", "*"), recursive=True)
-        if os.path.isfile(p)
+        p for d in (os.path.join(CSRC, "cuda"), EMULATOR) for p in glob.glob(os.path.join(d, "**", "*"), recursive=True)
+        if os.path.isfile(p) and not p.endswith((".py", ".pyc"))
     ]
     for path in sorted(inputs):
         h.update(path.encode())
@@ -113,7 +112,7 @@ class EmulatorError(RuntimeError):
 
 
 class Emulator:
-    """The C interface of csrc/cuda_emulator/api.cpp."""
+    """The C interface of api.cpp."""
 
     def __init__(self, path: str):
         self.lib = ctypes.CDLL(path)
@@ -138,7 +137,7 @@ class Emulator:
         self.lib.cme_configure(multiprocessors, ORDERS[order], seed)
 
     def selftest(self, name: str) -> torch.Tensor:
-        """Runs one of csrc/cuda_emulator/selftest.cpp's fault kernels; its 256 outputs."""
+        """Runs one of selftest.cpp's fault kernels; its 256 outputs."""
         out = torch.zeros(256, dtype=torch.int32)
         self.check(self.lib.cme_selftest(name.encode(), ctypes.c_void_p(out.data_ptr())), name)
         return out
