@@ -24,7 +24,8 @@ import torch.multiprocessing as mp
 from torch import nn
 
 from tests.harness import sync_worker
-from tests.harness.parity import OPTIONAL_PARAMETERS, Case, check_backend, make_inputs
+from tests.harness.parity import Case, check_backend, make_inputs
+from tests.harness.sweep import OPTIONAL_PARAMETERS
 from tests.harness.cpu_levels import RUNNABLE, cpu_level
 
 import convmixer_kernels as cmk
