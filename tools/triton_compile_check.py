@@ -13,13 +13,14 @@ compiled for the target by triton.compile, and its PTX assembled again by the pt
 Triton uses, with -v, for the resource counts. Autotuning is off, so the configs are the fixed defaults (tuning.py);
 `--all-configs` compiles every autotuning config too.
 
-    python -m convmixer_kernels.triton.compile_check --key-shapes --budget --arch 90 --arch 80
+    python -m tools.triton_compile_check --key-shapes --budget --arch 90 --arch 80
 
-compiles the eval and training forward of the benchmark's key shapes (bfloat16, batch
-128, 32x32, C = 768 k = 7 and C = 1536 k = 9, both layouts; recorded on meta tensors) and
-holds each kernel to the resource budget: no spills, registers and shared memory that
-leave room for at least 16 resident warps per SM (<= 128 registers a thread at 4 or 8
-warps), and, for the tensor-core kernels (banded_*.py), mma or wgmma in the PTX.
+compiles the eval and training forward and the backward (batch statistics and frozen BN)
+of the benchmark's key shapes (bfloat16, batch 128, 32x32, C = 768 k = 7 and C = 1536
+k = 9, both layouts; recorded on meta tensors) and holds each kernel to the resource
+budget: no spills, registers and shared memory that leave room for at least 16 resident
+warps per SM (<= 128 registers a thread at 4 or 8 warps), and, for the tensor-core
+kernels (banded_*.py, banded_backward_*.py), mma or wgmma in the PTX.
 """
 
 import argparse
@@ -130,8 +131,8 @@ KEY_SHAPES = ((128, 768, 32, 32, 7), (128, 1536, 32, 32, 9))
 
 
 def key_shape_calls(layouts=("nchw", "channels_last"), shapes=KEY_SHAPES, dtype=torch.bfloat16):
-    """The eval and training forward of the key shapes, on meta tensors (full size, no
-    memory)."""
+    """The eval and training forward and the backward (batch statistics and frozen BN) of
+    the key shapes, on meta tensors (full size, no memory)."""
 
     def run():
         for layout, (n, c, h, w, k) in itertools.product(layouts, shapes):
@@ -142,6 +143,8 @@ def key_shape_calls(layouts=("nchw", "channels_last"), shapes=KEY_SHAPES, dtype=
             w, b = torch.empty(c, 1, k, k, dtype=dtype, **meta), torch.empty(c, dtype=dtype, **meta)
             backend.forward_eval(x, w, b, vec, vec, vec, vec, 1e-5, "gelu")
             backend.forward_train(x, w, b, vec, vec, 1e-5, "gelu")
+            for batch_stats in (True, False):
+                backend.backward(torch.empty_like(x), x, w, b, vec, vec, vec, 1e-5, batch_stats, "gelu")
 
     return run
 
@@ -226,8 +229,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--activations", default="gelu,gelu_tanh,relu,silu")
     parser.add_argument("--all-configs", action="store_true", help="also every autotuning config")
     parser.add_argument("--key-shapes", action="store_true",
-                        help="the eval and training forward of the key shapes (KEY_SHAPES, bfloat16) instead "
-                             "of the sweep")
+                        help="the eval and training forward and the backward of the key shapes (KEY_SHAPES, "
+                             "bfloat16) instead of the sweep")
     parser.add_argument("--budget", action="store_true",
                         help="fail any kernel over the resource budget (spills, < 16 resident warps, a "
                              "tensor-core kernel without mma/wgmma)")

@@ -251,3 +251,16 @@ def band_tile_rows(band_rows: int) -> int:
 def band_segment(k: int) -> int:
     """Input columns of a kernel row's product: BAND_W + k - 1 rounded up to a power of two."""
     return triton.next_power_of_2(BAND_W + k - 1)
+
+
+# The tensor-core backward (banded_backward_*.py). Pass 3a runs the apply pass's tiles and
+# configs. Passes 1 and 2 run the statistics pass's tiles; NCHW its configs too, while
+# channels_last at 4 warps x 2 channels takes 128 registers on sm_80 with pass 2's
+# epilogue and spills with frozen BN's sums: 8 warps hold the 2 channels in 107-120.
+BANDED_BACKWARD_CL_CONFIGS = [_config(8, BLOCK_C=2), _config(8, BLOCK_C=4)]
+
+# Pass 3b keeps one fp32 product [BLOCK_C x] BAND_W x band_segment(k) over the region's
+# tiles, kernel row by kernel row: 4 registers a thread and channel at 4 warps (8 above
+# k = 17).
+BANDED_DW_NCHW_CONFIGS = [_config(4), _config(2)]
+BANDED_DW_CL_CONFIGS = [_config(4, BLOCK_C=2), _config(4, BLOCK_C=4)]

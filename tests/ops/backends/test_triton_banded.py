@@ -22,7 +22,8 @@ import pytest  # noqa: E402
 
 pytest.importorskip("triton")
 
-from tests.harness.parity import GPU_QUICK, Case, check_backend, make_inputs, poisoned_outputs, rel_err  # noqa: E402
+from tests.harness.parity import (GPU_QUICK, Case, check_backend, make_inputs, poisoned_outputs, rel_err,  # noqa: E402
+                                  run_block)
 
 import convmixer_kernels as cmk  # noqa: E402
 from convmixer_kernels.reference import mixer_block_reference  # noqa: E402
@@ -156,8 +157,10 @@ def test_every_config(monkeypatch, layout):
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_gpu_kernel_sizes(k, dtype, layout):
+    # Every pass, forward and backward (test_triton_banded_backward.py), both modes.
     case = Case(n=3, c=37, h=13, w=35, k=k, dtype=dtype, layout=layout, device="cuda")
-    check_backend(make_inputs(case), "triton", training=False, grads=False)
+    for training in (False, True):
+        check_backend(make_inputs(case), "triton", training=training)
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
@@ -169,6 +172,10 @@ def test_gpu_key_shapes_bfloat16_deterministic(c, k, layout):
     inputs = make_inputs(Case(n=4, c=c, h=32, w=32, k=k, dtype=torch.bfloat16, layout=layout, device="cuda"))
     check_backend(inputs, "triton", training=False, grads=False)
     assert torch.equal(_eval_block(inputs), _eval_block(inputs))
+    # The backward's tensor-core passes too (test_triton_banded_backward.py).
+    first, second = (run_block(inputs, training=True, backend="triton", grads=True) for _ in range(2))
+    for name in ("y", "dx", "dweight", "dbias", "dgamma", "dbeta"):
+        assert torch.equal(first[name], second[name]), name
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
