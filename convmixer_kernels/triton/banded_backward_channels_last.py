@@ -136,6 +136,8 @@ def backward_dw(dh_ptr, x_ptr, part_ptr, C, H, W, n_bands, BAND_ROWS, K: tl.cons
         finite = finite & tl.min(tl.min(((taps == taps) & (tl.abs(taps) < float("inf"))).to(tl.int32), 1), 0)
         tl.store(part_ptr + (region * (K * K) + i * K + j) * C + ch[:, None], taps, mask=(ch[:, None] < C) & (j < K))
     if finite == 0:
+        # Every thread's fast sums stored before the exact ones overwrite them.
+        tl.debug_barrier()
         for i in range(K):
             _dw_row_exact(dh_ptr, x_ptr, part_ptr, ch, cc, c_ok, region, n, i, row0, row_end, C, H, W, BAND_ROWS, K,
                           BLOCK_C, BLOCK_M, BLOCK_W)

@@ -143,6 +143,8 @@ def backward_dw(dh_ptr, x_ptr, part_ptr, C, H, W, n_bands, BAND_ROWS,
     # The exact sums replace all of the region's (a branch inside the row loop made ptxas
     # spill).
     if finite == 0:
+        # Every thread's fast sums stored before the exact ones overwrite them.
+        tl.debug_barrier()
         for i in range(K):
             _dw_row_exact(dh_ptr, x_ptr, part_ptr, base, region, c, i, row0, row_end, C, H, W, BAND_ROWS, K, BLOCK_M,
                           BLOCK_W)

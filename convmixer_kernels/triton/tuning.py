@@ -256,7 +256,7 @@ def band_segment(k: int) -> int:
 # The tensor-core backward (banded_backward_*.py). Pass 3a runs the apply pass's tiles and
 # configs. Passes 1 and 2 run the statistics pass's tiles; NCHW its configs too, while
 # channels_last at 4 warps x 2 channels takes 128 registers on sm_80 with pass 2's
-# epilogue and spills with frozen BN's sums: 8 warps hold the 2 channels in 107-120.
+# epilogue and spills with frozen BN's sums: 8 warps hold the 2 channels in 104-120.
 BANDED_BACKWARD_CL_CONFIGS = [_config(8, BLOCK_C=2), _config(8, BLOCK_C=4)]
 
 # Pass 3b keeps one fp32 product [BLOCK_C x] BAND_W x band_segment(k) over the region's
