@@ -284,7 +284,7 @@ would: staging each input tile once in shared memory and feeding all k kernel ro
 row-shifted views of it (explicit shared memory, e.g. Gluon), which cuts the traffic to
 the reads alone, and a wider band tile with a separate 16-column halo product (BAND_W = 64:
 1.25 instead of 2 segment columns an output). Until a GPU measures them the dispatch keeps
-the tensor-core kernels for 16-bit inputs (CONVMIXER_KERNELS_TRITON_TENSOR_CORES=0 to
+the tensor-core kernels for the 16-bit forward (CONVMIXER_KERNELS_TRITON_TENSOR_CORES=0 to
 compare).
 
 The backward lands worse. On CUDA cores its four passes add up to 899 µs (H100) and
@@ -293,7 +293,9 @@ dweight at k = 7 are DRAM bound, moving dh in float32). On tensor cores the DRAM
 falls by a quarter (dh in bfloat16: 612 instead of 793 µs at k = 7 on an H100) and the
 k^2 FMAs leave the FP32 pipe, but every pass is bound by shared memory: 1327-1337 µs at
 k = 7 and 3412-3439 µs at k = 9, 0.28-0.46 of copy, 1.4-1.7x slower than the CUDA
-cores by this model. Besides the staged input segment of every kernel row (as in the
+cores by this model, so the dispatch runs the 16-bit backward on CUDA cores and the
+tensor-core backward only with CONVMIXER_KERNELS_TRITON_TENSOR_CORES=all, until a GPU
+measures the two. Besides the staged input segment of every kernel row (as in the
 apply), passes 1, 2 and 3b run on their regions' tiles, 32 rows of one image at 32x32,
 where the band (pass 3b: dh^T) is read by each of 4 warps for 32 rows rather than 128,
 and pass 3b spends SEG = 32 MACs an output and kernel row where the CUDA cores spend k

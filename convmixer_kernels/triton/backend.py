@@ -5,9 +5,11 @@ Passes (one launch each):
   eval forward      apply                                   (BN folded to a per-channel affine)
   training forward  stats -> merge_welford -> apply          (batch mean and biased variance)
   backward          [stats (pass 1) -> sum] -> dh (pass 2) -> sum -> dx (3a), dw (3b) -> sum
-float16 and bfloat16 run every pass on tensor cores (banded_*.py and banded_backward_*.py;
-CUDA cores with CONVMIXER_KERNELS_TRITON_TENSOR_CORES=0), float32 on CUDA cores. On tensor
-cores dh, the operand of passes 3a and 3b, is held in x's dtype, else in float32.
+float16 and bfloat16 run the forward passes on tensor cores (banded_*.py), and the backward
+ones too with CONVMIXER_KERNELS_TRITON_TENSOR_CORES=all (banded_backward_*.py: by the
+static roofline slower than the CUDA-core backward, see tuning.py); "0" sends every pass
+to the CUDA cores. float32 runs on CUDA cores. On tensor cores dh, the operand of passes
+3a and 3b, is held in x's dtype, else in float32.
 Pass 1 runs only with batch statistics; with frozen BN pass 2 also reduces the sums
 for dgamma and dbeta. Passes 3a and 3b both read dh with its halo. Synchronized
 BatchNorm (ops/sync.py) calls the statistics pass, pass 1 and passes 2-3 one by one
@@ -115,8 +117,10 @@ class _LaunchPlan:
             self.w = flat.to(torch.float32).contiguous()
         # The tensor-core kernels take the same arrangement in x's dtype (the weight's own:
         # the op requires them equal), their dot operands.
-        self.tensor_cores = x.dtype in _TENSOR_CORE_DTYPES and tuning.tensor_cores_enabled()
-        if self.tensor_cores:
+        sixteen_bit = x.dtype in _TENSOR_CORE_DTYPES
+        self.tensor_cores = sixteen_bit and tuning.tensor_cores_enabled()
+        self.tensor_core_backward = sixteen_bit and tuning.tensor_core_backward_enabled()
+        if self.tensor_cores or self.tensor_core_backward:
             self.w_band = (flat.t() if self.layout == "channels_last" else flat).contiguous()
         self._regions(x.device)
 
@@ -258,10 +262,10 @@ def _sums(plan, grad_out, x, bias, mean, var, eps):
     """Pass 1 with batch statistics: (sum dy, sum dy * xhat) per channel."""
     f32 = dict(dtype=torch.float32, device=x.device)
     part = torch.empty((plan.P, 2, plan.C), **f32)
-    args = (plan.region_grid(), x, plan.w_band if plan.tensor_cores else plan.w,
+    args = (plan.region_grid(), x, plan.w_band if plan.tensor_core_backward else plan.w,
             _or_dummy(bias, plan.w), mean, var, grad_out, part, *_region_args(plan), eps)
     constexprs = dict(K=plan.K, ACT=plan.act, HAS_BIAS=bias is not None)
-    if plan.tensor_cores:
+    if plan.tensor_core_backward:
         plan.kernels.banded_backward_stats.launch(*args, **constexprs, **plan.region_band())
     else:
         plan.kernels.backward_stats.launch(*args, **constexprs)
@@ -280,14 +284,14 @@ def _backward_apply(plan, grad_out, x, bias, gamma, mean, var, eps, sums, count)
     batch_stats = sums is not None
     sum_dy, sum_dy_xhat = sums if batch_stats else (mean, mean)  # frozen BN: unread
     # dh is the tensor cores' operand in passes 3a and 3b, so it takes x's dtype there.
-    dh = torch.empty_like(x, dtype=x.dtype if plan.tensor_cores else torch.float32)
+    dh = torch.empty_like(x, dtype=x.dtype if plan.tensor_core_backward else torch.float32)
     part = torch.empty((P, 1 if batch_stats else 3, C), **f32)
-    w = plan.w_band if plan.tensor_cores else plan.w
+    w = plan.w_band if plan.tensor_core_backward else plan.w
     dh_args = (plan.region_grid(), x, w, _or_dummy(bias, plan.w), _or_dummy(gamma, mean), mean, var, grad_out,
                sum_dy, sum_dy_xhat, dh, part, *region_args, eps, 1.0 / count)
     dh_constexprs = dict(K=K, ACT=plan.act, HAS_BIAS=bias is not None, HAS_GAMMA=gamma is not None,
                          BATCH_STATS=batch_stats)
-    if plan.tensor_cores:
+    if plan.tensor_core_backward:
         kernels.banded_backward_dh.launch(*dh_args, **dh_constexprs, **plan.region_band())
     else:
         kernels.backward_dh.launch(*dh_args, **dh_constexprs)
@@ -299,7 +303,7 @@ def _backward_apply(plan, grad_out, x, bias, gamma, mean, var, eps, sums, count)
 
     dx = torch.empty_like(x)
     part = torch.empty((P, K * K, C), **f32)
-    if plan.tensor_cores:
+    if plan.tensor_core_backward:
         kernels.banded_backward_dx.launch(plan.banded_grid(), dh, plan.flipped(plan.w_band), grad_out, dx, plan.N, C,
                                           plan.H, plan.W, K=K, **plan.band_columns())
         kernels.banded_backward_dw.launch(plan.region_grid(), dh, x, part, *region_args, K=K, **plan.region_band())

@@ -23,13 +23,30 @@ import triton
 AUTOTUNE_ENV = "CONVMIXER_KERNELS_TRITON_AUTOTUNE"
 
 
-# "0" runs float16 and bfloat16 on the CUDA-core kernels too (for comparing the two on a
-# GPU); the tensor-core ones are the default.
+# Which passes of float16 and bfloat16 run on tensor cores: the forward ones (the default,
+# "1"), none ("0": every pass on the CUDA-core kernels), or "all", the backward too. The
+# static roofline (benchmarks/roofline_static.py) puts the tensor-core backward at
+# 1.4-1.7x the CUDA-core one's time (bound by shared-memory staging), so it runs only when
+# asked for, until a GPU measures the two.
 TENSOR_CORES_ENV = "CONVMIXER_KERNELS_TRITON_TENSOR_CORES"
+_TENSOR_CORE_SETTINGS = ("0", "1", "all")
+
+
+def _tensor_core_setting() -> str:
+    value = os.environ.get(TENSOR_CORES_ENV, "1")
+    if value not in _TENSOR_CORE_SETTINGS:
+        raise ValueError(f"{TENSOR_CORES_ENV} must be one of {', '.join(_TENSOR_CORE_SETTINGS)}, got {value!r}")
+    return value
 
 
 def tensor_cores_enabled() -> bool:
-    return os.environ.get(TENSOR_CORES_ENV, "1") != "0"
+    """Whether 16-bit forward passes run on tensor cores."""
+    return _tensor_core_setting() != "0"
+
+
+def tensor_core_backward_enabled() -> bool:
+    """Whether 16-bit backward passes run on tensor cores."""
+    return _tensor_core_setting() == "all"
 
 
 def autotune_enabled() -> bool:

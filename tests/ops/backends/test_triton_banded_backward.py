@@ -1,7 +1,8 @@
 """The Triton tensor-core backward (triton/banded_backward_*.py): backward passes 1 and 2
 (recomputing h on the banded product), 3a (dx through the flipped band) and 3b (dweight
 as the diagonal sums of dh^T times the shifted input rows), which float16 and bfloat16
-take unless CONVMIXER_KERNELS_TRITON_TENSOR_CORES=0.
+take with CONVMIXER_KERNELS_TRITON_TENSOR_CORES=all (every test here sets it, but the one
+of the dispatch: by default the backward runs on CUDA cores).
 
 On a CPU machine they run under TRITON_INTERPRET=1 in float16 only (the interpreter's
 tl.dot multiplies bfloat16 operands as raw bits: the backend refuses bfloat16 there, see
@@ -30,6 +31,13 @@ from tests.ops.backends.test_triton_banded import FLOAT16_BOUND, LAYOUTS, _cpu_o
 BACKWARD_KERNELS = ("banded_backward_stats", "banded_backward_dh", "banded_backward_dx", "banded_backward_dw")
 
 
+@pytest.fixture(autouse=True)
+def backward_on_tensor_cores(monkeypatch):
+    from convmixer_kernels.triton import tuning
+
+    monkeypatch.setenv(tuning.TENSOR_CORES_ENV, "all")
+
+
 @pytest.fixture
 def launched(monkeypatch):
     """The names of the tunable kernels the backend launches, as module.function."""
@@ -47,12 +55,12 @@ def launched(monkeypatch):
 
 
 @_cpu_only
-@pytest.mark.parametrize("switch", ("1", "0"))
+@pytest.mark.parametrize("switch", ("0", "1", "all"))
 @pytest.mark.parametrize("dtype", (torch.float32, torch.float16), ids=("float32", "float16"))
 @pytest.mark.parametrize("layout", LAYOUTS)
-def test_backward_takes_tensor_cores_as_the_forward(monkeypatch, launched, switch, dtype, layout):
-    # float16 runs every backward pass on tensor cores unless switched off; float32 never
-    # reaches a tl.dot.
+def test_backward_takes_tensor_cores_when_asked(monkeypatch, launched, switch, dtype, layout):
+    # float16 runs the forward passes on tensor cores unless switched off ("0"), and the
+    # backward ones only with "all"; float32 never reaches a tl.dot.
     from convmixer_kernels.triton import tuning
 
     monkeypatch.setenv(tuning.TENSOR_CORES_ENV, switch)
@@ -61,11 +69,20 @@ def test_backward_takes_tensor_cores_as_the_forward(monkeypatch, launched, switc
     passes = {"backward_stats", "backward_dh", "backward_dx", "backward_dw"}
     banded = {name.split(".")[1] for name in launched if name.startswith("banded_backward_")}
     core = {name.split(".")[1] for name in launched if name.startswith("kernels_") and "backward" in name}
-    on_tensor_cores = dtype == torch.float16 and switch == "1"
-    assert banded == (passes if on_tensor_cores else set())
-    assert core == (set() if on_tensor_cores else passes)
-    if not on_tensor_cores:  # nor do the forward passes
-        assert not any(name.startswith("banded_") for name in launched)
+    backward_on_tensor_cores = dtype == torch.float16 and switch == "all"
+    assert banded == (passes if backward_on_tensor_cores else set())
+    assert core == (set() if backward_on_tensor_cores else passes)
+    forward_on_tensor_cores = dtype == torch.float16 and switch != "0"
+    assert any(name.startswith("banded_nchw.") or name.startswith("banded_channels_last.")
+               for name in launched) == forward_on_tensor_cores
+
+
+def test_an_unknown_tensor_core_setting_is_refused(monkeypatch):
+    from convmixer_kernels.triton import tuning
+
+    monkeypatch.setenv(tuning.TENSOR_CORES_ENV, "backward")
+    with pytest.raises(ValueError, match="must be one of 0, 1, all, got 'backward'"):
+        tuning.tensor_cores_enabled()
 
 
 @_cpu_only
