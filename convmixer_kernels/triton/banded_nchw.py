@@ -22,7 +22,7 @@ import triton.language as tl
 
 from .activations import act_forward
 from .block_math import chan_merge
-from .kernels_nchw import _scalar
+from .kernels_nchw import _region, _scalar
 
 
 @triton.jit
@@ -49,18 +49,26 @@ def _tile(N, C, H, W, BLOCK_M: tl.constexpr, BLOCK_W: tl.constexpr):
 
 
 @triton.jit
+def segments(x_ptr, plane, h, row_ok, col0, i, H, W, K: tl.constexpr, LEFT: tl.constexpr,
+             BLOCK_W: tl.constexpr, SEG: tl.constexpr):
+    """The input segments of kernel row i, [BLOCK_M, SEG]: x[h + i - LEFT, col0 - LEFT + s],
+    zero outside the plane, on rows not row_ok, and past the BLOCK_W + k - 1 columns a
+    band reaches (a NaN further right must stay out)."""
+    seg = tl.arange(0, SEG)[None, :]
+    cols = col0 - LEFT + seg
+    r = h + (i - LEFT)
+    ok = row_ok & (r >= 0) & (r < H) & (cols >= 0) & (cols < W) & (seg < BLOCK_W + K - 1)
+    return tl.load(x_ptr + plane + r * W + cols, mask=ok, other=0.0)
+
+
+@triton.jit
 def _conv_banded(x_ptr, w_c, plane, h, row_ok, col0, H, W, K: tl.constexpr, LEFT: tl.constexpr,
                  BLOCK_M: tl.constexpr, BLOCK_W: tl.constexpr, SEG: tl.constexpr):
     """dwconv(x) on the tile, fp32 [BLOCK_M, BLOCK_W]: per kernel row one product of the
     input segments with the band (module docstring)."""
     acc = tl.zeros([BLOCK_M, BLOCK_W], tl.float32)
-    seg = tl.arange(0, SEG)[None, :]
-    cols = col0 - LEFT + seg
-    # Only the BLOCK_W + k - 1 columns the band reaches: a NaN further right must stay out.
-    cols_ok = (cols >= 0) & (cols < W) & (seg < BLOCK_W + K - 1)
     for i in range(K):
-        r = h + (i - LEFT)
-        a = tl.load(x_ptr + plane + r * W + cols, mask=row_ok & (r >= 0) & (r < H) & cols_ok, other=0.0)
+        a = segments(x_ptr, plane, h, row_ok, col0, i, H, W, K, LEFT, BLOCK_W, SEG)
         acc = tl.dot(a, _band(w_c + i * K, SEG, BLOCK_W, K), acc)
     return acc
 
@@ -112,6 +120,27 @@ def forward_apply(x_ptr, w_ptr, bias_ptr, gamma_ptr, beta_ptr, mean_ptr, var_ptr
 
 
 @triton.jit
+def region_tile(t, row0, row_end, W, BLOCK_M: tl.constexpr, BLOCK_W: tl.constexpr):
+    """Tile t of a region (a band of one plane), row-major over its BLOCK_M x BLOCK_W
+    tiles: (first row, rows h [BLOCK_M, 1], which of them are the region's, first column)."""
+    tiles_w = tl.cdiv(W, BLOCK_W)
+    r0 = row0 + (t // tiles_w) * BLOCK_M
+    h = r0 + tl.arange(0, BLOCK_M)[:, None]
+    return r0, h, h < row_end, (t % tiles_w) * BLOCK_W
+
+
+@triton.jit
+def region_h(t, x_ptr, w_c, bias, base, row0, row_end, H, W, K: tl.constexpr, BLOCK_M: tl.constexpr,
+             BLOCK_W: tl.constexpr, SEG: tl.constexpr):
+    """Tile t of a region of the plane at base: h = dwconv(x) + bias on it (conv_tile), its
+    element offsets, which elements are the region's, its first row and first column."""
+    r0, h, row_ok, col0 = region_tile(t, row0, row_end, W, BLOCK_M, BLOCK_W)
+    acc = conv_tile(x_ptr, w_c, base, h, row_ok, col0, H, W, K, (K - 1) // 2, BLOCK_M, BLOCK_W, SEG)
+    cols = col0 + tl.arange(0, BLOCK_W)[None, :]
+    return acc + bias, base + h * W + cols, row_ok & (cols < W), r0, col0
+
+
+@triton.jit
 def forward_stats(x_ptr, w_ptr, bias_ptr, part_mean_ptr, part_m2_ptr, C, H, W, n_bands, BAND_ROWS,
                   K: tl.constexpr, ACT: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr,
                   BLOCK_W: tl.constexpr, SEG: tl.constexpr):
@@ -119,28 +148,16 @@ def forward_stats(x_ptr, w_ptr, bias_ptr, part_mean_ptr, part_m2_ptr, C, H, W, n
     a = act(h), with kernels_nchw.forward_stats's program grid and partial layout (one
     program per plane and band of BAND_ROWS rows, BLOCK_M rows of the band a tile), each
     tile's (mean, M2) merged into the region's with Chan's formula."""
-    pid = tl.program_id(0)
-    plane = pid // n_bands
-    band = pid % n_bands
-    c = plane % C
-    region = (plane // C) * n_bands + band
-    row0 = band * BAND_ROWS
-    row_end = tl.minimum(row0 + BAND_ROWS, H)
-    base = plane.to(tl.int64) * (H * W)
+    region, c, plane_rows, row0, row_end = _region(C, n_bands, BAND_ROWS, H, tl.program_id(0))
+    base = plane_rows * W
     w_c = w_ptr + c * (K * K)
     bias = _scalar(bias_ptr, c, HAS_BIAS, 0.0)
     count = 0.0
     mean = 0.0
     m2 = 0.0
-    tiles_w = tl.cdiv(W, BLOCK_W)
-    for t in range(tl.cdiv(BAND_ROWS, BLOCK_M) * tiles_w):
-        r0 = row0 + (t // tiles_w) * BLOCK_M
-        col0 = (t % tiles_w) * BLOCK_W
-        h = r0 + tl.arange(0, BLOCK_M)[:, None]
-        row_ok = h < row_end
-        acc = conv_tile(x_ptr, w_c, base, h, row_ok, col0, H, W, K, (K - 1) // 2, BLOCK_M, BLOCK_W, SEG)
-        ok = row_ok & (col0 + tl.arange(0, BLOCK_W)[None, :] < W)
-        a = tl.where(ok, act_forward(acc + bias, ACT), 0.0)
+    for t in range(tl.cdiv(BAND_ROWS, BLOCK_M) * tl.cdiv(W, BLOCK_W)):
+        hv, _, ok, r0, col0 = region_h(t, x_ptr, w_c, bias, base, row0, row_end, H, W, K, BLOCK_M, BLOCK_W, SEG)
+        a = tl.where(ok, act_forward(hv, ACT), 0.0)
         t_count = (tl.maximum(tl.minimum(row_end - r0, BLOCK_M), 0) * tl.minimum(W - col0, BLOCK_W)).to(tl.float32)
         t_mean = tl.sum(a) / tl.maximum(t_count, 1.0)
         dev = tl.where(ok, a - t_mean, 0.0)

@@ -26,7 +26,7 @@ import triton
 import triton.language as tl
 
 from .activations import act_forward
-from .block_math import batchnorm_dh, chan_merge
+from .block_math import batchnorm_backward_constants, chan_merge, dh_tile, dy_xhat_tile, store_dh_partials
 
 
 @triton.jit
@@ -191,10 +191,9 @@ def backward_stats(x_ptr, w_ptr, bias_ptr, mean_ptr, var_ptr, dy_ptr, part_ptr, 
                        BLOCK_H, BLOCK_W, BLOCK_C)
         for q in tl.static_range(BLOCK_W):
             ok = _rows_in(oh, row_end, col0 + q, W)[:, None] & c_ok[None, :]
-            dy = tl.load(dy_ptr + _column_offsets(img, oh, col0 + q, cc, W, C), mask=ok, other=0.0)
-            dy = dy.to(tl.float32)
+            dy, dy_xhat = dy_xhat_tile(h[q], dy_ptr, _column_offsets(img, oh, col0 + q, cc, W, C), ok, mean, rstd, ACT)
             sum_dy += dy
-            sum_dy_xhat += dy * tl.where(ok, (act_forward(h[q], ACT) - mean) * rstd, 0.0)
+            sum_dy_xhat += dy_xhat
     tl.store(part_ptr + (region * 2) * C + cc, tl.sum(sum_dy, axis=0), mask=c_ok)
     tl.store(part_ptr + (region * 2 + 1) * C + cc, tl.sum(sum_dy_xhat, axis=0), mask=c_ok)
 
@@ -212,16 +211,9 @@ def backward_dh(x_ptr, w_ptr, bias_ptr, gamma_ptr, mean_ptr, var_ptr, dy_ptr, su
     sum(dy * xhat) (pass 1 is skipped there), as part[region, 0 / 1 / 2, c]."""
     region, img, row0, row_end, cc, c_ok, n_tiles = _region(C, n_bands, BAND_ROWS, H, W, BLOCK_H, BLOCK_W,
                                                             BLOCK_C)
-    mean = tl.load(mean_ptr + cc, mask=c_ok, other=0.0)[None, :]
-    rstd = 1.0 / tl.sqrt_rn(tl.load(var_ptr + cc, mask=c_ok, other=1.0) + eps)
-    g_rstd = (_channel_vector(gamma_ptr, cc, c_ok, HAS_GAMMA, 1.0, BLOCK_C) * rstd)[None, :]
-    rstd = rstd[None, :]
-    if BATCH_STATS:
-        mean_dy = (tl.load(sum_dy_ptr + cc, mask=c_ok, other=0.0) * inv_count)[None, :]
-        mean_dy_xhat = (tl.load(sum_dy_xhat_ptr + cc, mask=c_ok, other=0.0) * inv_count)[None, :]
-    else:
-        mean_dy = 0.0
-        mean_dy_xhat = 0.0
+    mean, rstd, g_rstd, mean_dy, mean_dy_xhat = batchnorm_backward_constants(
+        cc[None, :], c_ok[None, :], mean_ptr, var_ptr, gamma_ptr, sum_dy_ptr, sum_dy_xhat_ptr, eps, inv_count,
+        HAS_GAMMA, BATCH_STATS)
     sum_dh = tl.zeros([BLOCK_H, BLOCK_C], tl.float32)
     sum_dy = tl.zeros([BLOCK_H, BLOCK_C], tl.float32)
     sum_dy_xhat = tl.zeros([BLOCK_H, BLOCK_C], tl.float32)
@@ -232,19 +224,14 @@ def backward_dh(x_ptr, w_ptr, bias_ptr, gamma_ptr, mean_ptr, var_ptr, dy_ptr, su
         for q in tl.static_range(BLOCK_W):
             ok = _rows_in(oh, row_end, col0 + q, W)[:, None] & c_ok[None, :]
             offs = _column_offsets(img, oh, col0 + q, cc, W, C)
-            dy = tl.load(dy_ptr + offs, mask=ok, other=0.0).to(tl.float32)
-            dh, dy_xhat = batchnorm_dh(h[q], dy, ok, mean, rstd, g_rstd, mean_dy, mean_dy_xhat, ACT, BATCH_STATS)
+            dh, dy, dy_xhat = dh_tile(h[q], dy_ptr, dh_ptr, offs, ok, mean, rstd, g_rstd, mean_dy, mean_dy_xhat, ACT,
+                                      BATCH_STATS)
+            sum_dh += dh
             if not BATCH_STATS:
                 sum_dy += dy
                 sum_dy_xhat += dy_xhat
-            tl.store(dh_ptr + offs, dh, mask=ok)
-            sum_dh += dh
-    if BATCH_STATS:
-        tl.store(part_ptr + region * C + cc, tl.sum(sum_dh, axis=0), mask=c_ok)
-    else:
-        tl.store(part_ptr + (region * 3) * C + cc, tl.sum(sum_dh, axis=0), mask=c_ok)
-        tl.store(part_ptr + (region * 3 + 1) * C + cc, tl.sum(sum_dy, axis=0), mask=c_ok)
-        tl.store(part_ptr + (region * 3 + 2) * C + cc, tl.sum(sum_dy_xhat, axis=0), mask=c_ok)
+    store_dh_partials(part_ptr, region, C, cc, c_ok, tl.sum(sum_dh, axis=0), tl.sum(sum_dy, axis=0),
+                      tl.sum(sum_dy_xhat, axis=0), BATCH_STATS)
 
 
 @triton.jit

@@ -23,7 +23,7 @@ import triton
 import triton.language as tl
 
 from .activations import act_forward
-from .block_math import batchnorm_dh, chan_merge
+from .block_math import batchnorm_backward_constants, chan_merge, dh_tile, dy_xhat_tile, store_dh_partials
 
 
 @triton.jit
@@ -174,10 +174,10 @@ def backward_stats(x_ptr, w_ptr, bias_ptr, mean_ptr, var_ptr, dy_ptr, part_ptr, 
         h = _conv_rows(x_plane, w_c, bias, r0, ow, H, W, K, (K - 1) // 2, RB, BLOCK_R, BLOCK_W)
         for q in tl.static_range(RB):
             rows = _group_rows(r0, q, RB, BLOCK_R)
-            ok = (rows < row_end) & (ow < W)
-            dy = tl.load(dy_ptr + plane_rows * W + rows * W + ow, mask=ok, other=0.0).to(tl.float32)
+            dy, dy_xhat = dy_xhat_tile(h[q], dy_ptr, plane_rows * W + rows * W + ow, (rows < row_end) & (ow < W),
+                                       mean, rstd, ACT)
             sum_dy += dy
-            sum_dy_xhat += dy * tl.where(ok, (act_forward(h[q], ACT) - mean) * rstd, 0.0)
+            sum_dy_xhat += dy_xhat
     tl.store(part_ptr + (region * 2) * C + c, tl.sum(sum_dy))
     tl.store(part_ptr + (region * 2 + 1) * C + c, tl.sum(sum_dy_xhat))
 
@@ -195,15 +195,8 @@ def backward_dh(x_ptr, w_ptr, bias_ptr, gamma_ptr, mean_ptr, var_ptr, dy_ptr, su
     x_plane = x_ptr + plane_rows * W
     w_c = w_ptr + c * (K * K)
     bias = _scalar(bias_ptr, c, HAS_BIAS, 0.0)
-    mean = tl.load(mean_ptr + c)
-    rstd = 1.0 / tl.sqrt_rn(tl.load(var_ptr + c) + eps)
-    g_rstd = _scalar(gamma_ptr, c, HAS_GAMMA, 1.0) * rstd
-    if BATCH_STATS:
-        mean_dy = tl.load(sum_dy_ptr + c) * inv_count
-        mean_dy_xhat = tl.load(sum_dy_xhat_ptr + c) * inv_count
-    else:
-        mean_dy = 0.0
-        mean_dy_xhat = 0.0
+    mean, rstd, g_rstd, mean_dy, mean_dy_xhat = batchnorm_backward_constants(
+        c, c < C, mean_ptr, var_ptr, gamma_ptr, sum_dy_ptr, sum_dy_xhat_ptr, eps, inv_count, HAS_GAMMA, BATCH_STATS)
     sum_dh = tl.zeros([BLOCK_R, BLOCK_W], tl.float32)
     sum_dy = tl.zeros([BLOCK_R, BLOCK_W], tl.float32)
     sum_dy_xhat = tl.zeros([BLOCK_R, BLOCK_W], tl.float32)
@@ -213,20 +206,13 @@ def backward_dh(x_ptr, w_ptr, bias_ptr, gamma_ptr, mean_ptr, var_ptr, dy_ptr, su
         for q in tl.static_range(RB):
             rows = _group_rows(r0, q, RB, BLOCK_R)
             ok = (rows < row_end) & (ow < W)
-            offs = plane_rows * W + rows * W + ow
-            dy = tl.load(dy_ptr + offs, mask=ok, other=0.0).to(tl.float32)
-            dh, dy_xhat = batchnorm_dh(h[q], dy, ok, mean, rstd, g_rstd, mean_dy, mean_dy_xhat, ACT, BATCH_STATS)
+            dh, dy, dy_xhat = dh_tile(h[q], dy_ptr, dh_ptr, plane_rows * W + rows * W + ow, ok, mean, rstd, g_rstd,
+                                      mean_dy, mean_dy_xhat, ACT, BATCH_STATS)
+            sum_dh += dh
             if not BATCH_STATS:
                 sum_dy += dy
                 sum_dy_xhat += dy_xhat
-            tl.store(dh_ptr + offs, dh, mask=ok)
-            sum_dh += dh
-    if BATCH_STATS:
-        tl.store(part_ptr + region * C + c, tl.sum(sum_dh))
-    else:
-        tl.store(part_ptr + (region * 3) * C + c, tl.sum(sum_dh))
-        tl.store(part_ptr + (region * 3 + 1) * C + c, tl.sum(sum_dy))
-        tl.store(part_ptr + (region * 3 + 2) * C + c, tl.sum(sum_dy_xhat))
+    store_dh_partials(part_ptr, region, C, c, c < C, tl.sum(sum_dh), tl.sum(sum_dy), tl.sum(sum_dy_xhat), BATCH_STATS)
 
 
 @triton.jit

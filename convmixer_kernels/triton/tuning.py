@@ -23,13 +23,30 @@ import triton
 AUTOTUNE_ENV = "CONVMIXER_KERNELS_TRITON_AUTOTUNE"
 
 
-# "0" runs float16 and bfloat16 on the CUDA-core kernels too (for comparing the two on a
-# GPU); the tensor-core ones are the default.
+# Which passes of float16 and bfloat16 run on tensor cores: the forward ones (the default,
+# "1"), none ("0": every pass on the CUDA-core kernels), or "all", the backward too. The
+# static roofline (benchmarks/roofline_static.py) puts the tensor-core backward at
+# 1.4-1.7x the CUDA-core one's time (bound by shared-memory staging), so it runs only when
+# asked for, until a GPU measures the two.
 TENSOR_CORES_ENV = "CONVMIXER_KERNELS_TRITON_TENSOR_CORES"
+_TENSOR_CORE_SETTINGS = ("0", "1", "all")
+
+
+def _tensor_core_setting() -> str:
+    value = os.environ.get(TENSOR_CORES_ENV, "1")
+    if value not in _TENSOR_CORE_SETTINGS:
+        raise ValueError(f"{TENSOR_CORES_ENV} must be one of {', '.join(_TENSOR_CORE_SETTINGS)}, got {value!r}")
+    return value
 
 
 def tensor_cores_enabled() -> bool:
-    return os.environ.get(TENSOR_CORES_ENV, "1") != "0"
+    """Whether 16-bit forward passes run on tensor cores."""
+    return _tensor_core_setting() != "0"
+
+
+def tensor_core_backward_enabled() -> bool:
+    """Whether 16-bit backward passes run on tensor cores."""
+    return _tensor_core_setting() == "all"
 
 
 def autotune_enabled() -> bool:
@@ -251,3 +268,16 @@ def band_tile_rows(band_rows: int) -> int:
 def band_segment(k: int) -> int:
     """Input columns of a kernel row's product: BAND_W + k - 1 rounded up to a power of two."""
     return triton.next_power_of_2(BAND_W + k - 1)
+
+
+# The tensor-core backward (banded_backward_*.py). Pass 3a runs the apply pass's tiles and
+# configs. Passes 1 and 2 run the statistics pass's tiles; NCHW its configs too, while
+# channels_last at 4 warps x 2 channels takes 128 registers on sm_80 with pass 2's
+# epilogue and spills with frozen BN's sums: 8 warps hold the 2 channels in 104-120.
+BANDED_BACKWARD_CL_CONFIGS = [_config(8, BLOCK_C=2), _config(8, BLOCK_C=4)]
+
+# Pass 3b keeps one fp32 product [BLOCK_C x] BAND_W x band_segment(k) over the region's
+# tiles, kernel row by kernel row: 4 registers a thread and channel at 4 warps (8 above
+# k = 17).
+BANDED_DW_NCHW_CONFIGS = [_config(4), _config(2)]
+BANDED_DW_CL_CONFIGS = [_config(4, BLOCK_C=2), _config(4, BLOCK_C=4)]

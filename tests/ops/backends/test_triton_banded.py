@@ -1,6 +1,7 @@
 """The Triton tensor-core kernels (triton/banded_*.py: the depthwise conv as tl.dot on the
 banded row matrix), which float16 and bfloat16 take in the forward passes (the eval
-forward, the training statistics and apply passes).
+forward, the training statistics and apply passes; the backward ones in
+test_triton_banded_backward.py).
 
 On a CPU machine they run under TRITON_INTERPRET=1 in float16 only: the interpreter's
 tl.dot multiplies bfloat16 operands as their raw uint16 bit patterns, and it rounds
@@ -22,7 +23,8 @@ import pytest  # noqa: E402
 
 pytest.importorskip("triton")
 
-from tests.harness.parity import GPU_QUICK, Case, check_backend, make_inputs, poisoned_outputs, rel_err  # noqa: E402
+from tests.harness.parity import (GPU_QUICK, Case, check_backend, make_inputs, poisoned_outputs, rel_err,  # noqa: E402
+                                  run_block)
 
 import convmixer_kernels as cmk  # noqa: E402
 from convmixer_kernels.reference import mixer_block_reference  # noqa: E402
@@ -40,7 +42,7 @@ def _eval_block(inputs, backend="triton"):
         return cmk.mixer_block(*args, training=False, activation=inputs.case.activation, backend=backend)
 
 
-@pytest.mark.parametrize("switch", ("1", "0"))
+@pytest.mark.parametrize("switch", ("1", "0", "all"))
 def test_tensor_cores_take_16_bit_inputs_only(monkeypatch, switch):
     from convmixer_kernels.triton import backend, tuning
 
@@ -50,7 +52,8 @@ def test_tensor_cores_take_16_bit_inputs_only(monkeypatch, switch):
         for fmt in (torch.contiguous_format, torch.channels_last):
             x = torch.randn(1, 3, 5, 5).to(dtype).contiguous(memory_format=fmt)
             plan = backend._LaunchPlan(x, w.to(dtype), "gelu")
-            assert plan.tensor_cores is (expected and switch == "1")
+            assert plan.tensor_cores is (expected and switch != "0")
+            assert plan.tensor_core_backward is (expected and switch == "all")
             if plan.tensor_cores:
                 assert plan.w_band.dtype == dtype and plan.w_band.is_contiguous()
 
@@ -150,25 +153,43 @@ def test_every_config(monkeypatch, layout):
         check_backend(make_inputs(case), "triton", training=False, grads=False)
 
 
+# The tensor-core settings of the gpu tests: the backward on CUDA cores (the default) and
+# on tensor cores (test_triton_banded_backward.py).
+_BACKWARDS = pytest.mark.parametrize("setting", ("1", "all"), ids=("backward_cuda_cores", "backward_tensor_cores"))
+
+
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("dtype", (torch.bfloat16, torch.float16), ids=("bfloat16", "float16"))
 @pytest.mark.parametrize("k", (1, 2, 3, 5, 7, 8, 9, 12, 15, 17, 18, 31))
+@_BACKWARDS
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_gpu_kernel_sizes(k, dtype, layout):
+def test_gpu_kernel_sizes(monkeypatch, setting, k, dtype, layout):
+    # Every pass, forward and backward, both modes.
+    from convmixer_kernels.triton import tuning
+
+    monkeypatch.setenv(tuning.TENSOR_CORES_ENV, setting)
     case = Case(n=3, c=37, h=13, w=35, k=k, dtype=dtype, layout=layout, device="cuda")
-    check_backend(make_inputs(case), "triton", training=False, grads=False)
+    for training in (False, True):
+        check_backend(make_inputs(case), "triton", training=training)
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("c,k", ((768, 7), (1536, 9)))
+@_BACKWARDS
 @GPU_QUICK
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_gpu_key_shapes_bfloat16_deterministic(c, k, layout):
+def test_gpu_key_shapes_bfloat16_deterministic(monkeypatch, setting, c, k, layout):
+    from convmixer_kernels.triton import tuning
+
+    monkeypatch.setenv(tuning.TENSOR_CORES_ENV, setting)
     inputs = make_inputs(Case(n=4, c=c, h=32, w=32, k=k, dtype=torch.bfloat16, layout=layout, device="cuda"))
     check_backend(inputs, "triton", training=False, grads=False)
     assert torch.equal(_eval_block(inputs), _eval_block(inputs))
+    first, second = (run_block(inputs, training=True, backend="triton", grads=True) for _ in range(2))
+    for name in ("y", "dx", "dweight", "dbias", "dgamma", "dbeta"):
+        assert torch.equal(first[name], second[name]), name
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
