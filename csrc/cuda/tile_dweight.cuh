@@ -6,6 +6,7 @@
 #include <utility>
 
 #include "common.cuh"
+#include "tile_types.cuh"
 
 namespace convmixer_kernels {
 namespace cuda {
@@ -20,14 +21,16 @@ struct DwGroups {
 
 // dweight[i][j] += sum over the task's outputs of dh * x[row + i][col + j], for k known
 // at compile time: each lane correlates its 4 x NB dh values with its input window
-// (every x row read once per group), then one reduce-scatter per group leaves tap
+// (every x row read once per group; the window starts d = band_shift columns into the
+// aligned row the lane loads), then one reduce-scatter per group leaves tap
 // (group * TI * K + lane) in lane `lane`. The group is a template constant so that all
 // indices into the 32 partial sums are constants (registers, not local memory).
 template <typename T, int K, int NB, int GI>
 __device__ __forceinline__ void dweight_group(const typename Dtype<T>::Bits* src, const float (&dv)[4][NB],
                                               float& dw, int lane) {
   constexpr int kPitch = 8 * NB + 8;
-  constexpr int NV = (NB + K - 1 + NB - 1) / NB * NB;
+  constexpr int d = band_shift<T, K>();
+  constexpr int NV = (NB + d + K - 1 + NB - 1) / NB * NB;
   constexpr int TI = DwGroups<K>::TI;
   constexpr int I0 = GI * TI;
   constexpr int I1 = I0 + TI < K ? I0 + TI : K;
@@ -45,7 +48,7 @@ __device__ __forceinline__ void dweight_group(const typename Dtype<T>::Bits* src
 #pragma unroll
       for (int j = 0; j < K; ++j)
 #pragma unroll
-        for (int x = 0; x < NB; ++x) part[(i - I0) * K + j] = fmaf(dv[y][x], v[x + j], part[(i - I0) * K + j]);
+        for (int x = 0; x < NB; ++x) part[(i - I0) * K + j] = fmaf(dv[y][x], v[x + d + j], part[(i - I0) * K + j]);
     }
   }
   dw += warp_reduce_scatter32(part, lane);
@@ -83,7 +86,8 @@ __device__ __forceinline__ void dweight_task_generic(const typename Dtype<T>::Bi
     for (int r = 0; r < 16; ++r) {
       const typename Dtype<T>::Bits* xr = plane + (strip * 16 + r + i) * pitch + j + coff;
 #pragma unroll
-      for (int col = 0; col < TW; ++col) s = fmaf(dh[r * kDhPitch + col], Dtype<T>::to_float(xr[col]), s);
+      for (int col = 0; col < TW; ++col)
+        s = fmaf(ld_shared(dh + r * kDhPitch + col), Dtype<T>::to_float(ld_shared(xr + col)), s);
     }
     part[static_cast<int64_t>(t) * C] += s;
   }
