@@ -196,8 +196,8 @@ inline int blocks_per_sm(size_t bytes, const SmemBudget& b) {
 // The pipeline's depth (tile.cuh): two buffers where they keep as many blocks per
 // multiprocessor as one would, else one. The largest, with bf16 32 x 32 tiles of 8
 // channels at k = 9: eval 45 -> 70 KB (two blocks on sm_80 and sm_90 alike); the backward's
-// grad_out passes 45 -> 90 KB (two on sm_90, one buffer on sm_80); its dh pass 99 KB with
-// one buffer keeps two blocks on sm_90 but 144 KB with two would not, so it keeps one there,
+// grad_out passes 45 -> 90 KB (two on sm_90, one buffer on sm_80); its dh pass 95 KB with
+// one buffer keeps two blocks on sm_90 but 140 KB with two would not, so it keeps one there,
 // while sm_80 fits only one block either way and takes two buffers.
 template <typename T, int K, class Cfg, Mode MODE>
 int pipeline_stages(const TileArgs& a, const SmemBudget& b) {

@@ -15,7 +15,9 @@
 //      block from the weights, accumulation in float. Everything else runs on CUDA cores
 //      with 4 x NB outputs per lane and the kernel rows unrolled for k in {3, 5, 7, 9}.
 //   3. epilogue: the pass's per-element math on the accumulators; outputs are staged in
-//      shared memory and written with 16-byte stores; reductions accumulate per lane.
+//      shared memory and written with 16-byte stores; reductions accumulate per lane. The
+//      dh pass's weight gradient correlates the task's dh with the input tile, on tensor
+//      cores for the 16-bit types (tile_dweight.cuh).
 // At the end each block writes its per-channel partials to a workspace; a second kernel
 // (reduce.cu) merges them in slice order. No atomics: same bits on every run.
 //
@@ -75,7 +77,8 @@ __device__ __forceinline__ ChannelConsts channel_consts(const TileArgs& a, int c
 //           elements, grad_out in and the result over it; with channels_last's landing
 //           buffer, region 1 holds the same tiles' raw pixels
 //   out     kApply's result: CB planes of TH x OUT_PITCH elements
-//   dh      CB planes of TH x DH_PITCH floats (kGradH)
+//   dh      kGradH's dh for the weight gradient: per warp, two 16-bit copies of its task's
+//           rows (dweight_on_tensor_cores), else CB planes of TH x DH_PITCH floats
 //   w       float filters of the CUDA-core paths: rows of filter_pitch<K>(), or k*k (generic)
 //   band    the B fragments, [CB][K][32 lanes][2], where registers are short: two channels
 //           per warp, or kGradH whose dweight phase needs them
@@ -92,7 +95,13 @@ struct SmemLayout {
     region = grad_out + (stages_grad_out(MODE) ? tile : 0);
     out = stages * region;
     dh = out + (MODE == Mode::kApply ? tile : 0);
-    w = dh + (MODE == Mode::kGradH ? static_cast<size_t>(Cfg::CB) * Cfg::TH * Cfg::DH_PITCH * sizeof(float) : 0);
+    // dh for the weight gradient: each warp's scratch of two 16-bit copies (tensor cores),
+    // else float planes
+    const size_t dh_bytes =
+        dweight_on_tensor_cores<T, K>()
+            ? static_cast<size_t>(kWarps) * DweightMma<(K > 0 ? K : 1), Cfg::NB>::kWarpElems * bits
+             : static_cast<size_t>(Cfg::CB) * Cfg::TH * Cfg::DH_PITCH * sizeof(float);
+    w = dh + (MODE == Mode::kGradH ? dh_bytes : 0);
     const size_t filters = kMma ? 0 : K > 0 ? static_cast<size_t>(K) * filter_pitch<K>() : static_cast<size_t>(k) * k;
     band = w + (Cfg::CB * filters * sizeof(float) + 15) / 16 * 16;
     total = band + (kBandInSmem ? static_cast<size_t>(Cfg::CB) * K * 32 * 2 * sizeof(uint32_t) : 0);
@@ -140,7 +149,10 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) tile_kernel(const T
   constexpr bool kStagesAux = stages_grad_out(MODE);
   constexpr bool kWritesOut = MODE == Mode::kApply || MODE == Mode::kGradH || MODE == Mode::kGradX;
   constexpr int KB = kMma ? K : 1;                 // band fragments per channel
-  constexpr int DWG = kGeneric ? 1 : DwGroups<kGeneric ? 1 : K>::G;
+  // the weight gradient on tensor cores (tile_dweight.cuh), else DWG groups on CUDA cores
+  constexpr bool kDwMma = dweight_on_tensor_cores<T, K>() && MODE == Mode::kGradH;
+  using DwMma = DweightMma<kGeneric ? 1 : K, NB>;
+  constexpr int DWG = kGeneric || kDwMma ? 1 : DwGroups<kGeneric ? 1 : K>::G;
   using F = Frag<kMma, NB>;
   constexpr bool kFastGelu = sizeof(Bits) == 2;  // within the rounding of 16-bit outputs (activations.cuh)
   // the residual's pair of columns starts at an even element when co is even (the generic
@@ -165,6 +177,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) tile_kernel(const T
   uint32_t* s_band = reinterpret_cast<uint32_t*>(smem + layout.band);
 
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  Bits* s_dw = reinterpret_cast<Bits*>(smem + layout.dh) + warp * DwMma::kWarpElems;  // kDwMma: the warp's
   const int c0 = blockIdx.x * CB;
   const int slice = blockIdx.y;
   const int item_begin = slice * a.items_per_block;
@@ -203,12 +216,21 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) tile_kernel(const T
 
   // Per-lane running reductions, one per channel of the warp.
   Welford stats[CPW];
-  float sum_dy[CPW], sum_dyx[CPW], sum_dh[CPW], dw[CPW][DWG];
+  float sum_dy[CPW], sum_dyx[CPW], sum_dh[CPW], dw[CPW][DWG], dw_mma[CPW][DwMma::kNT][4];
 #pragma unroll
   for (int s = 0; s < CPW; ++s) {
     sum_dy[s] = sum_dyx[s] = sum_dh[s] = 0.0f;
 #pragma unroll
     for (int q = 0; q < DWG; ++q) dw[s][q] = 0.0f;
+#pragma unroll
+    for (int nt = 0; nt < DwMma::kNT; ++nt)
+#pragma unroll
+      for (int r = 0; r < 4; ++r) dw_mma[s][nt][r] = 0.0f;
+  }
+  if constexpr (kDwMma) {
+    // the scratch's zeros beside each dh row; the tasks write only the rows themselves
+    for (int u = lane; u < DwMma::kWarpElems * static_cast<int>(sizeof(Bits)) / 16; u += 32)
+      reinterpret_cast<uint4*>(s_dw)[u] = make_uint4(0, 0, 0, 0);
   }
   if constexpr (MODE == Mode::kGradH && kGeneric) {
 #pragma unroll
@@ -409,12 +431,21 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) tile_kernel(const T
               }
             }
             store_pair<T>(out_plane + tr * OP + tc, dh[0], dh[1]);
-            *reinterpret_cast<float2*>(s_dh + cl * TH * DHP + tr * DHP + tc) = make_float2(dh[0], dh[1]);
+            if constexpr (kDwMma) {
+              dweight_store_dh<T, K, NB>(s_dw, tr - strip * 16, tc, dh[0], dh[1]);
+            } else {
+              *reinterpret_cast<float2*>(s_dh + cl * TH * DHP + tr * DHP + tc) = make_float2(dh[0], dh[1]);
+            }
           }
           sum_dh[slot] += sdh;
           sum_dy[slot] += sd;
           sum_dyx[slot] += sdx;
         });
+        if constexpr (kDwMma) {
+          __syncwarp();  // the task's dh rows, written by the warp's lanes above
+          dweight_task_mma<T, K, NB>(plane, s_dw, strip, dw_mma[slot], lane);
+          __syncwarp();  // read before the next task's rows overwrite them
+        }
       } else {
         static_assert(MODE == Mode::kGradX, "unhandled mode");
 #pragma unroll
@@ -427,7 +458,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) tile_kernel(const T
       }
     }
 
-    if constexpr (MODE == Mode::kGradH) {
+    if constexpr (MODE == Mode::kGradH && !kDwMma) {
       __syncwarp();  // the warp's own dh rows, written in the fragment layout above
 #pragma unroll
       for (int m = 0; m < TPW; ++m) {
@@ -485,7 +516,16 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) tile_kernel(const T
       const float sdh = warp_sum(sum_dh[s]);
       const float sd = warp_sum(sum_dy[s]), sdx = warp_sum(sum_dyx[s]);
       if (c < a.C) {
-        if constexpr (!kGeneric) {
+        if constexpr (kDwMma) {
+          // element r of tile nt: D[j][i] = dweight[i][j], j = g (+ 8), i = 8 nt + 2 t (+ 1)
+#pragma unroll
+          for (int nt = 0; nt < DwMma::kNT; ++nt)
+#pragma unroll
+            for (int r = 0; r < 4; ++r) {
+              const int j = (lane >> 2) + 8 * (r >> 1), i = 8 * nt + 2 * (lane & 3) + (r & 1);
+              if (i < K && j < K) part[static_cast<int64_t>(i * K + j) * a.C] = dw_mma[s][nt][r];
+            }
+        } else if constexpr (!kGeneric) {
           constexpr int TI = DwGroups<kGeneric ? 1 : K>::TI;
 #pragma unroll
           for (int gi = 0; gi < DWG; ++gi) {

@@ -33,8 +33,8 @@ def check(training, **case):
 
 # --------------------------------------------------------------------------- every kernel path
 #
-# 16-bit dtypes with k in {3, 5, 7, 9}: tensor cores, else CUDA cores; other k: the generic
-# kernels. (The sweep runs k = 7 in every 16-bit dtype: test_activations_and_dtypes.)
+# 16-bit dtypes with k in {3, 5, 7, 9}: tensor cores (the weight gradient from k = 5), else
+# CUDA cores; other k: the generic kernels. (The sweep runs k = 7 in every 16-bit dtype: test_activations_and_dtypes.)
 # 32 x 32 tiles of 8 channels need H, W > 16 and enough blocks for two per multiprocessor:
 # emulating a GPU of one multiprocessor gets them at small sizes. W (NCHW) or C
 # (channels_last) a multiple of the 16-byte vector: 16-byte staging, else element-wise.
@@ -126,6 +126,21 @@ def test_nan_and_inf_land_where_eager_puts_them(emulated, dtype, layout):
     args = (x, inputs.weight, inputs.bias, inputs.gamma, inputs.beta, inputs.running_mean, inputs.running_var)
     y = mixer_block(*args, training=False, backend=NAME)
     assert_nonfinite_as_in_reference(y, args, NAME)
+
+
+@pytest.mark.parametrize("layout", ("nchw", "channels_last"))
+def test_weight_gradient_nan_and_inf_land_where_eager_puts_them(emulated, emulator, layout):
+    # An inf at an image corner reaches only the taps whose window holds it (i, j <= pad):
+    # the others are finite in eager. The tensor-core weight gradient multiplies dh's zero
+    # margins by the inf too; such tasks are recomputed exactly. ReLU keeps dh finite.
+    emulator.configure(multiprocessors=1)  # 32 x 32 tiles: 2 channel groups of 8
+    inputs = make_inputs(Case(n=1, c=16, h=32, w=32, k=7, dtype=torch.bfloat16, layout=layout, activation="relu"))
+    inputs.x.detach()[0, 3, 0, 0] = float("inf")
+    out = run_block(inputs, training=False, backend=NAME, grads=True)["dweight"]
+    ref = run_block(inputs.to(dtype=torch.float64), training=False, backend=None, grads=True)["dweight"]
+    assert not ref[3].isfinite().all() and ref[3].isfinite().any()
+    assert torch.equal(out.isnan(), ref.isnan()), "NaN placement in dweight differs from the reference"
+    assert torch.equal(out.isinf(), ref.isinf()), "inf placement in dweight differs from the reference"
 
 
 @pytest.mark.parametrize("dtype", (torch.float32, torch.bfloat16), ids=lambda d: str(d)[6:])
