@@ -7,12 +7,16 @@ nvdisasm gives the instructions, each with its chain of inlined source lines, an
 control-flow graph, so each instruction gets the number of times one warp runs it per
 work item:
 
-  - 0 for the code of the other layout, the other activations, the element-wise staging
-    (the key shapes take the 16-byte paths) and the exact CUDA-core recomputation that
-    only a non-finite accumulator enters (with the code ptxas copies into its path);
-  - the trip count of its staging loop (a model of the loop bounds of stage_input and
-    move_tile, below) inside an inner loop of the item loop, else 1;
-  - 1 / items_per_block outside the item loop (block setup and the partials).
+  - 0 for the code of the other layout, the other activations, the staging the key shapes
+    do not run (they take the aligned paths with two shared buffers on sm_80 and sm_90
+    alike: cp.async in NCHW, the landing buffer in channels_last; not the element-wise
+    paths nor the one-buffer channels_last transpose from global memory) and the exact
+    CUDA-core recomputation that only a non-finite accumulator enters (with the code ptxas
+    copies into its path);
+  - the trip count of its staging loop (a model of the loop bounds of the staging
+    functions, below) inside an inner loop, else 1;
+  - times 1 / items_per_block outside the item loop (block setup, the first item's
+    copies, the partials).
 
 Summed over a block's 8 warps and divided by the item's CB * TH * TW outputs, that is the
 instruction mix per output. With the hardware constants below it gives four floors for
@@ -127,6 +131,14 @@ def ptxas_usage(log: str) -> dict:
 # ------------------------------------------------------------------ source structure
 
 
+# The staging functions of tile_staging.cuh, and those the key shapes run per layout.
+STAGING = {"copy_box_async": "stage", "land_box_async": "stage", "unpack_box": "stage",
+           "transpose_into_planes": "stage", "stage_box_nhwc": "stage", "stage_box_elementwise": "stage",
+           "store_box": "store"}
+RUNS = {"nchw": {"copy_box_async", "store_box"},
+        "channels_last": {"land_box_async", "unpack_box", "transpose_into_planes", "store_box"}}
+
+
 class Sources:
     """Which function (and which branch of a layout-dispatching function) a source line
     of csrc/cuda lies in, read from the files themselves."""
@@ -134,8 +146,7 @@ class Sources:
     DEF = re.compile(r"^(?:template <.*>\s*)?(?:__global__|__device__|__host__)"
                      r"(?:[^(]|__launch_bounds__\([^)]*\))*?\b(?!__launch_bounds__)(\w+)\s*\(")
     VARIANTS = {  # the top-level branches of the staging functions, in order
-        "stage_input": ("nchw16", "nchw1", "channels_last16", "channels_last1"),
-        "move_tile": ("nchw16", "nchw1", "channels_last16", "channels_last1"),
+        "store_box": ("nchw16", "channels_last16", "elementwise"),
     }
 
     def __init__(self):
@@ -210,6 +221,12 @@ def disassemble(cubin: str) -> dict:
     return funcs
 
 
+def local_jump(ins) -> bool:
+    """A CALL.REL.NOINC to a label of the function itself: how ptxas leaves some loops (a
+    jump, nothing returns); to a named subroutine (division slow paths) it is a call."""
+    return ins.op == "CALL.REL.NOINC" and "`(.L_x_" in ins.text
+
+
 def basic_blocks(instrs):
     """Splits the listing into basic blocks; returns (blocks, successors) with blocks as
     lists of Instr (labels dropped) and successors as lists of block indices."""
@@ -226,7 +243,7 @@ def basic_blocks(instrs):
             blocks.append(cur)
             cur = []
         cur.append(ins)
-        starts_new = ins.op.split(".")[0] in ("BRA", "EXIT", "RET", "BRX", "JMP")
+        starts_new = ins.op.split(".")[0] in ("BRA", "EXIT", "RET", "BRX", "JMP") or local_jump(ins)
     if cur:
         blocks.append(cur)
     succ = []
@@ -236,7 +253,7 @@ def basic_blocks(instrs):
         last = blk[-1]
         nxt = [b + 1] if b + 1 < len(blocks) else []
         base = last.op.split(".")[0]
-        if base == "BRA":
+        if base == "BRA" or local_jump(last):
             m = re.search(r"`\((\.L_x_\d+)\)", last.text)
             target = [label_block[m.group(1)]] if m and m.group(1) in label_block else []
             predicated = last.text.startswith("@")
@@ -290,17 +307,48 @@ def natural_loops(succ):
 # ------------------------------------------------------------------ the cost model
 
 
-def staging_trips(k: int, layout: str, region: str) -> float:
-    """Iterations per warp of the staging loops (`for (u0 = threadIdx.x; u0 < units; u0 +=
-    kBatch * kThreads)`) at the key shapes, averaged over the block's warps."""
-    rows, pitch = TH + k - 1, TW + 8
-    if region == "stage_input":
-        units = CB * rows * (pitch // VEC) if layout == "nchw" else rows * pitch * (CB // VEC)
-    else:  # move_tile, the result out
-        units = CB * TH * (TW // VEC) if layout == "nchw" else TH * TW * (CB // VEC)
-    step = BATCH_LOADS * THREADS
-    rounds = math.ceil(units / step)
-    return sum(sum(1 for t in range(rounds) if t * step + 32 * w < units) for w in range(WARPS)) / WARPS
+def lane_units(k: int, layout: str, func: str):
+    """The units (iterations of its innermost loop in the source) each thread t of a staging
+    function runs at the key shapes (the input tile of kApply: rows x pitch; the result out:
+    TH x TW), as tile_staging.cuh writes its loops: a function of t."""
+    rows, pitch, nv = TH + k - 1, TW + 8, CB // VEC
+
+    def strided(first, step, bound):  # for (u = first; u < bound; u += step)
+        return 0 if first is None or first >= bound else math.ceil((bound - first) / step)
+
+    def chunked(pairs, rows):  # one (plane, chunk) per thread, every groups-th row of it
+        groups = max(1, THREADS // pairs)
+        return lambda t: strided(t // pairs if t < pairs * groups else None, groups, rows)
+
+    if func == "copy_box_async":  # for_box_vectors_nchw: a vector is 2 copies of 8 bytes
+        return chunked(CB * pitch // VEC, rows)
+    if func == "land_box_async":
+        return chunked(pitch * nv, rows)
+    if func in ("unpack_box", "transpose_into_planes", "stage_box_nhwc"):
+        return lambda t: strided(t, THREADS, rows * pitch // VEC * nv)
+    if func == "store_box":
+        if layout == "nchw":  # for_box_vectors_nchw
+            return chunked(CB * TW // VEC, TH)
+        return lambda t: strided(t, THREADS, TH * TW // VEC * nv)
+    raise ValueError(func)
+
+
+# The instruction that marks one unit of a staging loop, and how many a unit has: ptxas
+# unrolls some loops (by 4, with a loop for the rest), so a loop's unroll factor is its
+# markers over these.
+MARKERS = {"copy_box_async": ("LDGSTS", 2), "land_box_async": ("LDGSTS", 1), "unpack_box": ("STS", VEC),
+           "transpose_into_planes": ("STS", VEC), "stage_box_nhwc": ("STS", VEC),
+           "store_box": ("STG", {"nchw": 1, "channels_last": VEC})}
+
+
+def warp_trips(units, unroll: int, rest_of: int = 0) -> float:
+    """Iterations per warp of a loop running `unroll` units per iteration (or, rest_of > 0,
+    the loop for the units left over by one unrolled rest_of times), averaged over the
+    block's warps: a warp runs until its last lane is done."""
+    def lane(t):
+        u = units(t)
+        return u % rest_of if rest_of else u // unroll
+    return sum(max(lane(32 * w + l) for l in range(32)) for w in range(WARPS)) / WARPS
 
 
 def items_per_block(c: int, sms: int = 132) -> int:
@@ -320,6 +368,8 @@ def classify(op: str) -> str:
         return base.lower()
     if base in ("LDG", "STG", "LDGSTS", "UTMALDG", "UBLKCP"):
         return "global"
+    if base in ("LDL", "STL"):
+        return "local"
     if base in ("FFMA", "FMUL", "FADD", "FMNMX", "FSEL", "FSETP", "FCHK", "HFMA2", "HADD2", "HMUL2"):
         return "fp32"
     if base == "MUFU":
@@ -334,16 +384,17 @@ def classify(op: str) -> str:
 
 
 PARTS = ("stage", "conv", "epilogue", "store", "loop", "setup")
-CLASSES = ("mma", "ldmatrix", "lds", "sts", "global", "fp32", "mufu", "convert", "int/addr", "control",
+CLASSES = ("mma", "ldmatrix", "lds", "sts", "global", "local", "fp32", "mufu", "convert", "int/addr", "control",
            "uniform/const")
 
 
 def wavefronts(op: str) -> float:
-    """Shared-memory wavefronts of one warp instruction, conflict-free."""
+    """Shared-memory wavefronts of one warp instruction, conflict-free (LDGSTS: the
+    shared-memory write of cp.async)."""
     base = op.split(".")[0]
     if base == "LDSM":
         return float(op.split(".")[-1]) if op.split(".")[-1] in ("1", "2", "4") else 1.0
-    if base in ("LDS", "STS"):
+    if base in ("LDS", "STS", "LDGSTS"):
         width = 4
         for mod, w in ((".128", 16), (".64", 8), (".U16", 2), (".S16", 2), (".U8", 1), (".S8", 1)):
             if mod in op:
@@ -371,7 +422,7 @@ def analyse(instrs, src: Sources, k: int, c: int, layout: str, act: str):
     mma_blocks = {i.block for blk in blocks for i in blk if i.op.startswith("HMMA")}
     item_header = max((h for h, body in loops.items() if body & mma_blocks), key=lambda h: len(loops[h]))
     item_body = loops[item_header]
-    inner = {h: body for h, body in loops.items() if h != item_header and body < item_body}
+    inner = {h: body for h, body in loops.items() if h != item_header}
     ipb = items_per_block(c)
     other_cases = set().union(*(v for a, v in src.cases.items() if a != act))
     wanted = f"{'nchw' if layout == 'nchw' else 'channels_last'}16"
@@ -381,7 +432,10 @@ def analyse(instrs, src: Sources, k: int, c: int, layout: str, act: str):
         if ins.block in cold:
             return True
         for frame in ins.chain:
-            if frame in other_cases or src.func.get(frame) == "conv_exact":
+            func = src.func.get(frame)
+            if frame in other_cases or func == "conv_exact":
+                return True
+            if func in STAGING and func not in RUNS[layout]:
                 return True
             var = src.variant.get(frame)
             if var is not None and var != wanted:
@@ -389,16 +443,37 @@ def analyse(instrs, src: Sources, k: int, c: int, layout: str, act: str):
         return False
 
     def region(body):
-        funcs = collections.Counter(src.func.get(f) for blk in body for i in blocks[blk] for f in i.chain[:1])
-        for name in ("stage_input", "move_tile"):
-            if funcs[name]:
-                return name
-        return None
+        """The staging function a loop belongs to (most of its instructions' innermost
+        staging frame), or None."""
+        funcs = collections.Counter()
+        for blk in body:
+            for i in blocks[blk]:
+                name = next((src.func.get(f) for f in i.chain if src.func.get(f) in STAGING), None)
+                if name:
+                    funcs[name] += 1
+        return funcs.most_common(1)[0][0] if funcs else None
 
-    trips = {}
+    # staging loops: their function and unroll factor, then the trips of each (a loop with
+    # an unrolled sibling in the same scope runs the units the sibling leaves)
+    staging = {}
     for h, body in inner.items():
         reg = region(body)
-        t = staging_trips(k, layout, reg) if reg else 1.0
+        if reg in RUNS[layout]:
+            marker, per_unit = MARKERS[reg]
+            per_unit = per_unit[layout] if isinstance(per_unit, dict) else per_unit
+            markers = sum(1 for b in body for i in blocks[b] if i.op.split(".")[0] == marker and not excluded(i))
+            staging[h] = (reg, max(1, round(markers / per_unit)), h in item_body)
+    trips = {}
+    for h, body in inner.items():
+        t = 1.0
+        # a staging loop around another of its function's (a thread's (plane, chunk) around
+        # its rows) runs once per thread at the key shapes; the inner one carries the units
+        outer = any(g != h and staging[g][0] == staging.get(h, ("",))[0] and inner[g] < body for g in staging)
+        if h in staging and not outer:
+            reg, unroll, scope = staging[h]
+            siblings = [u for g, (r, u, sc) in staging.items() if g != h and r == reg and sc == scope and u > 1]
+            units = lane_units(k, layout, reg)
+            t = warp_trips(units, unroll, rest_of=siblings[0] if unroll == 1 and siblings else 0)
         for b in body:
             trips[b] = trips.get(b, 1.0) * t
     case_frames = set().union(*src.cases.values())
@@ -409,8 +484,10 @@ def analyse(instrs, src: Sources, k: int, c: int, layout: str, act: str):
             return "setup"
         for frame in ins.chain:
             name = src.func.get(frame)
-            if name in ("stage_input", "move_tile", "conv_mma"):
-                return {"stage_input": "stage", "move_tile": "store", "conv_mma": "conv"}[name]
+            if name in STAGING:
+                return STAGING[name]
+            if name == "conv_mma":
+                return "conv"
             if frame in case_frames:
                 return "epilogue"
         return "loop"
@@ -421,7 +498,7 @@ def analyse(instrs, src: Sources, k: int, c: int, layout: str, act: str):
         for ins in blk:
             if excluded(ins):
                 continue
-            weight = trips.get(ins.block, 1.0) if ins.block in item_body else 1.0 / ipb
+            weight = trips.get(ins.block, 1.0) * (1.0 if ins.block in item_body else 1.0 / ipb)
             per_item[classify(ins.op)] += weight
             per_part[part(ins)] += weight
             wave += weight * wavefronts(ins.op)
@@ -454,7 +531,7 @@ def header(*cells) -> list:
     return [row(*cells), "|" + "---|" * len(cells)]
 
 
-def arch_section(arch: str, src: Sources, tmp: str) -> list:
+def arch_section(arch: str, src: Sources, smem: dict, tmp: str) -> list:
     cubin, log = compile_cubin(arch, tmp)
     usage = ptxas_usage(log)
     by_k = {}
@@ -463,15 +540,18 @@ def arch_section(arch: str, src: Sources, tmp: str) -> list:
         if m:
             by_k[int(m.group(1))] = (name, instrs)
     lines = [f"## {arch}", ""]
-    lines += header("kernel", "registers", "spill st/ld (B)", "stack (B)", "dynamic smem (B)",
-                    "blocks/SM by registers, by smem (228 KB)", "static instructions")
+    per_sm = SMEM_PER_SM[arch]
+    lines += header("kernel", "registers", "spill st/ld (B)", "stack (B)", "shared buffers",
+                    "dynamic smem (B)", f"blocks/SM by registers, by smem ({per_sm // 1024} KB)", "static instructions")
     for _, k in KEY_SHAPES:
         name, instrs = by_k[k]
         u = usage.get(name, {})
-        smem = dynamic_smem(k)
+        cfg = smem[("16-bit", "wide", k, "apply")]
+        stages = cfg[f"stages_{arch}"]
+        used = cfg[f"total{stages}"]
         by_regs = 65536 // (THREADS * math.ceil(u["regs"] / 8) * 8)
-        by_smem = (228 * 1024) // (smem + 1024)  # 1 KB per block is reserved
-        lines.append(row(f"k={k}", u["regs"], f"{u['spill_st']}/{u['spill_ld']}", u["stack"], smem,
+        by_smem = per_sm // (used + 1024)  # 1 KB per block is reserved
+        lines.append(row(f"k={k}", u["regs"], f"{u['spill_st']}/{u['spill_ld']}", u["stack"], stages, used,
                          f"{by_regs}, {by_smem}", sum(static_mix(instrs).values())))
     mix, breakdown, floors = [], [], []
     for c, k in KEY_SHAPES:
@@ -510,9 +590,11 @@ def report(label: str, archs) -> str:
         "docstring for the model and what it leaves out.",
         "",
     ]
+    smem = smem_table()
     with tempfile.TemporaryDirectory() as tmp:
         for arch in archs:
-            lines += arch_section(arch, src, tmp)
+            lines += arch_section(arch, src, smem, tmp)
+    lines += smem_section(smem)
     lines += ["Hardware constants: " + "; ".join(f"{hw.name}: {hw.sms} SMs at {hw.ghz} GHz, {hw.note}"
                                                  for hw in HARDWARE) + ".", ""]
     return "\n".join(lines)
@@ -524,22 +606,72 @@ def nvcc_version() -> str:
     return m.group(1) if m else "?"
 
 
-def dynamic_smem(k: int) -> int:
-    """SmemLayout<bf16, k, CfgWide, kApply>(rows, pitch, k).total, from a host build of
-    launch.cuh (the kernels' own function, not a copy of it)."""
+SMEM_PER_SM = {"sm_90": 228 * 1024, "sm_80": 164 * 1024}
+SMEM_PER_BLOCK = {"sm_90": 227 * 1024, "sm_80": 163 * 1024}
+MODES = {"apply": "kApply", "stats": "kStats", "grad_sums": "kGradSums", "grad_h": "kGradH", "grad_x": "kGradX"}
+TABLE_K = (3, 5, 7, 9)  # the templated kernel sizes
+GENERIC_K = (4, 31)    # the generic path's
+
+
+def smem_table() -> dict:
+    """{(dtype, tile, k, pass): {total1, total2, stages_<arch>, blocks_<arch>}}: the dynamic
+    shared memory of every configuration with one and two buffers, and the depth and blocks
+    per multiprocessor launch.cuh's pipeline_stages gives it on each architecture, from a
+    host build of launch.cuh (the kernels' own functions, not copies of them)."""
+    cases = []
+    for dtype, t in (("16-bit", "__nv_bfloat16"), ("float32", "float")):
+        for mode in MODES:
+            for tile, cfg in (("wide", "CfgWide"), ("narrow", "CfgNarrow")):
+                cases += [(dtype, t, tile, cfg, k, k, mode) for k in TABLE_K]
+            cases += [(dtype, t, "generic", "CfgGeneric", 0, k, mode) for k in GENERIC_K]
+    body = ['#include <cstdio>\n#include "cuda/launch.cuh"\nusing namespace convmixer_kernels::cuda;\n',
+            "template <typename T, int K, class Cfg, Mode M> void show(int k) {\n"
+            "  Plan p{}; p.K = K; p.TH = Cfg::TH; p.TW = Cfg::TW;\n"
+            "  const InTile t = in_tile<T>(p, k, (k - 1) / 2);\n"
+            "  TileArgs a{}; a.rows = t.rows; a.pitch = t.pitch; a.k = k;\n"
+            "  std::printf(\"%zu %zu\", SmemLayout<T, K, Cfg, M>(a.rows, a.pitch, k, 1).total,\n"
+            "              SmemLayout<T, K, Cfg, M>(a.rows, a.pitch, k, 2).total);\n"
+            "  for (const SmemBudget b : {"
+            + ", ".join(f"SmemBudget{{{SMEM_PER_SM[a]}, {SMEM_PER_BLOCK[a]}, 1024}}" for a in SMEM_PER_SM) + "}) {\n"
+            "    const int s = pipeline_stages<T, K, Cfg, M>(a, b);\n"
+            "    std::printf(\" %d %d\", s, blocks_per_sm(SmemLayout<T, K, Cfg, M>(a.rows, a.pitch, k, s).total, b));\n"
+            "  }\n  std::printf(\"\\n\");\n}\nint main() {\n"]
+    body += [f"  show<{t}, {K}, {cfg}, Mode::{MODES[mode]}>({k});\n" for _, t, _, cfg, K, k, mode in cases]
+    body.append("}\n")
     with tempfile.TemporaryDirectory() as tmp:
         src = os.path.join(tmp, "smem.cpp")
         with open(src, "w") as f:
-            f.write('#include <cstdio>\n#include "cuda/launch.cuh"\nusing namespace convmixer_kernels::cuda;\n'
-                    f"int main() {{ std::printf(\"%zu\", SmemLayout<__nv_bfloat16, {k}, CfgWide, Mode::kApply>"
-                    f"(CfgWide::TH + {k} - 1, CfgWide::TW + 8, {k}).total); }}\n")
+            f.write("".join(body))
         exe = os.path.join(tmp, "smem")
         cxx = shutil.which(os.environ.get("CXX", "g++")) or sys.exit("sass_report: no host C++ compiler")
         subprocess.run([cxx, "-std=c++17", "-x", "c++", "-DCONVMIXER_KERNELS_CUDA_EMULATOR", "-I", CSRC,
                         "-I", os.path.join(ROOT, "tests", "harness", "cuda_emulator", "include"), src, "-c", "-o", exe + ".o"], check=True)
-        # the emulator's runtime is not linked: only the constexpr-like layout arithmetic runs
+        # the emulator's runtime is not linked: only the host-side layout arithmetic runs
         subprocess.run([cxx, exe + ".o", "-o", exe], check=True)
-        return int(subprocess.run([exe], capture_output=True, text=True, check=True).stdout)
+        out = subprocess.run([exe], capture_output=True, text=True, check=True).stdout.split("\n")
+    table = {}
+    for (dtype, _, tile, _, _, k, mode), line in zip(cases, out):
+        v = [int(x) for x in line.split()]
+        entry = {"total1": v[0], "total2": v[1]}
+        for i, arch in enumerate(SMEM_PER_SM):
+            entry[f"stages_{arch}"], entry[f"blocks_{arch}"] = v[2 + 2 * i], v[3 + 2 * i]
+        table[(dtype, tile, k, mode)] = entry
+    return table
+
+
+def smem_section(smem: dict) -> list:
+    lines = ["## Shared memory and pipeline depth per configuration", "",
+             "Dynamic shared memory per block with one and two buffers of the staged tiles (tile.cuh's SmemLayout), "
+             "and the buffers launch.cuh's pipeline_stages gives each on sm_90 (228 KB per SM) and sm_80 (164 KB), "
+             "with the blocks per SM that leaves (registers cap them at 2: `__launch_bounds__(256, 2)`; 1 KB per "
+             "block is reserved). Tiles: wide 32 x 32 x 8 channels, narrow 16 x 16 x 16, generic 16 x 16 x 8 (any "
+             "k); 16-bit: float16 and bfloat16 alike.", ""]
+    lines += header("dtype", "tile", "k", "pass", "1 buffer (KB)", "2 buffers (KB)", "sm_90: buffers, blocks/SM",
+                    "sm_80: buffers, blocks/SM")
+    for (dtype, tile, k, mode), e in smem.items():
+        lines.append(row(dtype, tile, k, mode, f"{e['total1'] / 1024:.1f}", f"{e['total2'] / 1024:.1f}",
+                         f"{e['stages_sm_90']}, {e['blocks_sm_90']}", f"{e['stages_sm_80']}, {e['blocks_sm_80']}"))
+    return lines + [""]
 
 
 def main(argv=None):

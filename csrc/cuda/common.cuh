@@ -1,5 +1,5 @@
 // Device helpers shared by the kernels: element types as raw bits, conversions to float,
-// 16-byte vector shuffles, and warp reductions (the PTX primitives are in platform.cuh).
+// shared-memory rows to float, and warp reductions (the PTX primitives are in platform.cuh).
 #pragma once
 
 #include <cstdint>
@@ -64,25 +64,8 @@ __device__ __forceinline__ Bits word_elem(uint32_t w, int e) {
   }
 }
 
-// Elements [shift, shift + kVec) of the 32 bytes lo:hi, as one 16-byte vector (little
-// endian: element 0 is the low half of word 0). SHIFT is a compile-time element count.
-template <typename Bits, int SHIFT>
-__device__ __forceinline__ uint4 funnel_vec(const uint4& lo, const uint4& hi) {
-  if constexpr (SHIFT == 0) {
-    return lo;
-  } else {
-    const uint32_t w[8] = {lo.x, lo.y, lo.z, lo.w, hi.x, hi.y, hi.z, hi.w};
-    constexpr int kByteShift = SHIFT * static_cast<int>(sizeof(Bits));
-    constexpr int q = kByteShift / 4;
-    constexpr int r = (kByteShift % 4) * 8;
-    uint32_t o[4];
-#pragma unroll
-    for (int m = 0; m < 4; ++m) o[m] = r ? __funnelshift_r(w[q + m], w[q + m + 1], r) : w[q + m];
-    return make_uint4(o[0], o[1], o[2], o[3]);
-  }
-}
-
-// Loads NV elements starting at p (aligned to CHUNK elements) into float, CHUNK at a time.
+// Loads NV elements of shared memory starting at p (aligned to CHUNK elements) into float,
+// CHUNK at a time.
 template <typename T, int CHUNK, int NV>
 __device__ __forceinline__ void load_row(const typename Dtype<T>::Bits* p, float (&v)[NV]) {
   using Bits = typename Dtype<T>::Bits;
@@ -92,14 +75,14 @@ __device__ __forceinline__ void load_row(const typename Dtype<T>::Bits* p, float
   for (int c = 0; c < NV / CHUNK; ++c) {
     uint32_t w[4];
     if constexpr (kBytes == 16) {
-      const uint4 u = *reinterpret_cast<const uint4*>(p + c * CHUNK);
+      const uint4 u = ld_shared(reinterpret_cast<const uint4*>(p + c * CHUNK));
       w[0] = u.x; w[1] = u.y; w[2] = u.z; w[3] = u.w;
     } else if constexpr (kBytes == 8) {
-      const uint2 u = *reinterpret_cast<const uint2*>(p + c * CHUNK);
+      const uint2 u = ld_shared(reinterpret_cast<const uint2*>(p + c * CHUNK));
       w[0] = u.x; w[1] = u.y;
     } else {
       static_assert(kBytes == 4, "chunk of 4, 8 or 16 bytes");
-      w[0] = *reinterpret_cast<const uint32_t*>(p + c * CHUNK);
+      w[0] = ld_shared(reinterpret_cast<const uint32_t*>(p + c * CHUNK));
     }
 #pragma unroll
     for (int e = 0; e < CHUNK; ++e) {
@@ -112,16 +95,17 @@ __device__ __forceinline__ void load_row(const typename Dtype<T>::Bits* p, float
   }
 }
 
-// Two horizontally adjacent elements (the first at an even column of an even pitch).
+// Two horizontally adjacent elements of shared memory (the first at an even column of an
+// even pitch).
 template <typename T>
 __device__ __forceinline__ void load_pair(const typename Dtype<T>::Bits* p, float& a, float& b) {
   using Bits = typename Dtype<T>::Bits;
   if constexpr (sizeof(Bits) == 2) {
-    const uint32_t w = *reinterpret_cast<const uint32_t*>(p);
+    const uint32_t w = ld_shared(reinterpret_cast<const uint32_t*>(p));
     a = Dtype<T>::to_float(word_elem<Bits>(w, 0));
     b = Dtype<T>::to_float(word_elem<Bits>(w, 1));
   } else {
-    const float2 f = *reinterpret_cast<const float2*>(p);
+    const float2 f = ld_shared(reinterpret_cast<const float2*>(p));
     a = f.x;
     b = f.y;
   }

@@ -1,6 +1,6 @@
 // What the kernels take from the CUDA platform beyond portable C++: the runtime and
-// 16-bit float headers, the PTX instructions (pinned shared-memory loads, ldmatrix, mma),
-// and the kernel launch.
+// 16-bit float headers, shared-memory reads, the PTX instructions (pinned shared-memory
+// loads, cp.async, ldmatrix, mma), and the kernel launch.
 //
 // Compiled with CONVMIXER_KERNELS_CUDA_EMULATOR defined (by the tests, with g++, with
 // tests/harness/cuda_emulator/include on the include path), the same kernels get these
@@ -26,6 +26,13 @@ __device__ __forceinline__ uint32_t smem_addr(const void* p) {
   return static_cast<uint32_t>(__cvta_generic_to_shared(p));
 }
 
+// A shared-memory read: plain here; the emulator checks it (inside the block's shared
+// memory, not the destination of a cp.async not yet waited for).
+template <typename V>
+__device__ __forceinline__ V ld_shared(const V* p) {
+  return *p;
+}
+
 // Shared-memory loads the compiler may not hoist out of the item loop: values that are
 // the same for every item (filters) are reloaded where used instead of pinning registers
 // for the whole kernel.
@@ -43,6 +50,34 @@ __device__ __forceinline__ uint2 lds_pinned_u32x2(const uint32_t* p) {
   asm volatile("ld.shared.v2.u32 {%0, %1}, [%2];\n" : "=r"(v.x), "=r"(v.y) : "r"(smem_addr(p)) : "memory");
   return v;
 }
+
+// Asynchronous global -> shared copies of BYTES (4, 8 or 16; both addresses aligned to
+// it): the first src_bytes come from src, the rest are zero-filled (src_bytes = 0 reads
+// nothing: the padding). 16-byte copies bypass L1 (.cg); smaller ones may only use .ca.
+// Each thread's copies form groups (commit); wait<N> returns once at most N of its newest
+// groups are in flight. Other threads see the bytes after a barrier that follows the wait.
+template <int BYTES>
+__device__ __forceinline__ void cp_async(void* dst, const void* src, int src_bytes) {
+  static_assert(BYTES == 4 || BYTES == 8 || BYTES == 16, "cp.async copies 4, 8 or 16 bytes");
+  if constexpr (BYTES == 16) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(dst)), "l"(src), "r"(src_bytes)
+                 : "memory");
+  } else {
+    asm volatile("cp.async.ca.shared.global [%0], [%1], %2, %3;\n" ::"r"(smem_addr(dst)), "l"(src), "n"(BYTES),
+                 "r"(src_bytes)
+                 : "memory");
+  }
+}
+
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
+
+// commit_group, then wait for every group
+__device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_all;\n" ::: "memory"); }
 
 // The MUFU reciprocal and base-2 exponential (ftz; about 1 and 2 ulp), for the 16-bit
 // outputs' GELU (activations.cuh).

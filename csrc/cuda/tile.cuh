@@ -5,9 +5,9 @@
 // A block owns CB channels (blockIdx.x) and a slice of the (image, tile row, tile col)
 // items (blockIdx.y), and walks its items in order. Per item:
 //   1. stage: the input tile plus its halo, CB planes of (TH + k - 1) x pitch elements,
-//      zero-padded, goes to shared memory once with 16-byte global loads (both layouts:
-//      NCHW rows are funnel-shifted into place, channels_last pixels are scattered into
-//      per-channel planes); passes that read grad_out stage its TH x TW tile likewise.
+//      zero-padded, and for the passes that read grad_out its TH x TW tile, go to shared
+//      memory once (tile_staging.cuh: cp.async in NCHW, transposed 16-byte stores in
+//      channels_last, element by element when unaligned).
 //   2. conv: each warp computes 16 x TW outputs of one channel ("a task") in registers.
 //      16-bit types with k in {3, 5, 7, 9} use tensor cores: along a row the depthwise
 //      conv is a product with a banded (Toeplitz) matrix, so 8 outputs x 16 inputs is one
@@ -15,9 +15,20 @@
 //      block from the weights, accumulation in float. Everything else runs on CUDA cores
 //      with 4 x NB outputs per lane and the kernel rows unrolled for k in {3, 5, 7, 9}.
 //   3. epilogue: the pass's per-element math on the accumulators; outputs are staged in
-//      shared memory and written with 16-byte stores; reductions accumulate per lane.
+//      shared memory and written with 16-byte stores; reductions accumulate per lane. The
+//      dh pass's weight gradient correlates the task's dh with the input tile, on tensor
+//      cores for the 16-bit types (tile_dweight.cuh).
 // At the end each block writes its per-channel partials to a workspace; a second kernel
 // (reduce.cu) merges them in slice order. No atomics: same bits on every run.
+//
+// The pipeline: with two shared buffers (a.stages = 2) the next item is staged while this
+// one computes. NCHW alternates the two: item i + 1's cp.async copies go to one buffer
+// before item i computes from the other, and item i waits only for its own group.
+// channels_last keeps the planes in buffer 0 and lands the next item's raw pixels in
+// buffer 1 by cp.async, transposing them into the planes once item i is done with them.
+// With one buffer (launch.cuh chooses, keeping two blocks per multiprocessor) item i + 1 is
+// staged after item i's last barrier. Per item: wait -> barrier -> (channels_last:
+// transpose -> barrier ->) compute -> barrier -> store -> barrier.
 //
 // The banded MMA multiplies the zeros of the band by the inputs beside the window, so an
 // inf there would turn into NaN where eager gives a finite value. A task whose
@@ -61,66 +72,112 @@ __device__ __forceinline__ ChannelConsts channel_consts(const TileArgs& a, int c
 }
 
 // The dynamic shared memory of one kernel, in this order (every part 16-byte aligned):
-//   in    CB input planes, rows x pitch elements
-//   out   CB planes of TH x OUT_PITCH elements: grad_out in, the result out (not kStats)
-//   dh    CB planes of TH x DH_PITCH floats (kGradH)
-//   w     float filters of the CUDA-core paths: rows of filter_pitch<K>(), or k*k (generic)
-//   band  the B fragments, [CB][K][32 lanes][2], where registers are short: two channels
-//         per warp, or kGradH whose dweight phase needs them
+//   region  `stages` buffers of one item's staged tiles: CB input planes of rows x pitch
+//           elements, then (passes that read grad_out) CB planes of TH x OUT_PITCH
+//           elements, grad_out in and the result over it; with channels_last's landing
+//           buffer, region 1 holds the same tiles' raw pixels
+//   out     kApply's result: CB planes of TH x OUT_PITCH elements
+//   dh      kGradH's dh for the weight gradient: per warp, two 16-bit copies of its task's
+//           rows (dweight_on_tensor_cores), else CB planes of TH x DH_PITCH floats
+//   w       float filters of the CUDA-core paths: rows of filter_pitch<K>(), or k*k (generic)
+//   band    the B fragments, [CB][K][32 lanes][2], where registers are short: two channels
+//           per warp, or kGradH whose dweight phase needs them
 // The host sizes the launch with the same function.
 template <typename T, int K, class Cfg, Mode MODE>
 struct SmemLayout {
   static constexpr bool kMma = Dtype<T>::kMma && K > 0;
   static constexpr bool kBandInSmem = kMma && (Cfg::CPW > 1 || MODE == Mode::kGradH);
-  size_t out, dh, w, band, total;
-  __host__ __device__ SmemLayout(int rows, int pitch, int k) {
+  size_t grad_out, region, out, dh, w, band, total;  // grad_out: its planes' offset in a region
+  __host__ __device__ SmemLayout(int rows, int pitch, int k, int stages) {
     const size_t bits = sizeof(typename Dtype<T>::Bits);
-    out = static_cast<size_t>(Cfg::CB) * rows * pitch * bits;
-    dh = out + (MODE != Mode::kStats ? static_cast<size_t>(Cfg::CB) * Cfg::TH * Cfg::OUT_PITCH * bits : 0);
-    w = dh + (MODE == Mode::kGradH ? static_cast<size_t>(Cfg::CB) * Cfg::TH * Cfg::DH_PITCH * sizeof(float) : 0);
+    const size_t tile = static_cast<size_t>(Cfg::CB) * Cfg::TH * Cfg::OUT_PITCH * bits;
+    grad_out = static_cast<size_t>(Cfg::CB) * rows * pitch * bits;
+    region = grad_out + (stages_grad_out(MODE) ? tile : 0);
+    out = stages * region;
+    dh = out + (MODE == Mode::kApply ? tile : 0);
+    // dh for the weight gradient: each warp's scratch of two 16-bit copies (tensor cores),
+    // else float planes
+    const size_t dh_bytes =
+        dweight_on_tensor_cores<T, K>()
+            ? static_cast<size_t>(kWarps) * DweightMma<(K > 0 ? K : 1), Cfg::NB>::kWarpElems * bits
+             : static_cast<size_t>(Cfg::CB) * Cfg::TH * Cfg::DH_PITCH * sizeof(float);
+    w = dh + (MODE == Mode::kGradH ? dh_bytes : 0);
     const size_t filters = kMma ? 0 : K > 0 ? static_cast<size_t>(K) * filter_pitch<K>() : static_cast<size_t>(k) * k;
     band = w + (Cfg::CB * filters * sizeof(float) + 15) / 16 * 16;
     total = band + (kBandInSmem ? static_cast<size_t>(Cfg::CB) * K * 32 * 2 * sizeof(uint32_t) : 0);
   }
 };
 
+// The image position of an item: (image, tile row, tile col), tile col fastest.
+struct ItemPos {
+  int n, h0, w0;
+};
+
+template <class Cfg>
+__device__ __forceinline__ ItemPos item_pos(const TileArgs& a, int item) {
+  const int tw = item % a.tiles_w;
+  const int th = (item / a.tiles_w) % a.tiles_h;
+  return {item / (a.tiles_w * a.tiles_h), th * Cfg::TH, tw * Cfg::TW};
+}
+
+// The position of the item after p, without item_pos's divisions.
+template <class Cfg>
+__device__ __forceinline__ ItemPos next_pos(const TileArgs& a, ItemPos p) {
+  p.w0 += Cfg::TW;
+  if (p.w0 >= a.tiles_w * Cfg::TW) {
+    p.w0 = 0;
+    p.h0 += Cfg::TH;
+    if (p.h0 >= a.tiles_h * Cfg::TH) p.h0 = 0, ++p.n;
+  }
+  return p;
+}
+
+// Blocks per multiprocessor the kernels are compiled for (__launch_bounds__): the register
+// budget; launch.cuh keeps shared memory from lowering it.
+constexpr int kMinBlocksPerSm = 2;
+
 template <typename T, int K, class Cfg, Mode MODE>
-__global__ void __launch_bounds__(kThreads, 2) tile_kernel(const TileArgs a) {
+__global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) tile_kernel(const TileArgs a) {
   using D = Dtype<T>;
   using Bits = typename D::Bits;
   constexpr bool kGeneric = K == 0;
   constexpr bool kMma = D::kMma && !kGeneric;
   constexpr int V = vec_elems<T>();
-  constexpr int kShift = kGeneric ? 0 : (V - ((K - 1) / 2) % V) % V;
+  constexpr int kCo = kGeneric ? 0 : templated_co<T>(K);
   constexpr int CB = Cfg::CB, TH = Cfg::TH, TW = Cfg::TW, NB = Cfg::NB, STRIPS = Cfg::STRIPS;
   constexpr int CPW = Cfg::CPW, TPW = Cfg::TPW, NOUT = Cfg::NOUT, OP = Cfg::OUT_PITCH, DHP = Cfg::DH_PITCH;
-  constexpr bool kStagesAux = MODE == Mode::kGradSums || MODE == Mode::kGradH || MODE == Mode::kGradX;
+  constexpr bool kStagesAux = stages_grad_out(MODE);
   constexpr bool kWritesOut = MODE == Mode::kApply || MODE == Mode::kGradH || MODE == Mode::kGradX;
   constexpr int KB = kMma ? K : 1;                 // band fragments per channel
-  constexpr int DWG = kGeneric ? 1 : DwGroups<kGeneric ? 1 : K>::G;
+  // the weight gradient on tensor cores (tile_dweight.cuh), else DWG groups on CUDA cores
+  constexpr bool kDwMma = dweight_on_tensor_cores<T, K>() && MODE == Mode::kGradH;
+  using DwMma = DweightMma<kGeneric ? 1 : K, NB>;
+  constexpr int DWG = kGeneric || kDwMma ? 1 : DwGroups<kGeneric ? 1 : K>::G;
   using F = Frag<kMma, NB>;
   constexpr bool kFastGelu = sizeof(Bits) == 2;  // within the rounding of 16-bit outputs (activations.cuh)
-  // the residual's pair of columns starts at an even element when co is even: one 32-bit
-  // (float32: 64-bit) shared load instead of two
-  constexpr bool kPairedResidual = !kGeneric && (K - 1) / 2 % 2 == 0;
+  // the residual's pair of columns starts at an even element when co is even (the generic
+  // path's co is whole vectors): one 32-bit (float32: 64-bit) shared load instead of two
+  constexpr bool kPairedResidual = kCo % 2 == 0;
+  // elements per cp.async of the NCHW input rows: co columns before w0, a vector boundary
+  constexpr int kCopy = copy_elems<T>(kCo);
 
   const int k = kGeneric ? a.k : K;
   const int pad = kGeneric ? a.pad : (K - 1) / 2;
   const int rows = kGeneric ? a.rows : TH + K - 1;
   const int pitch = kGeneric ? a.pitch : TW + 8;
-  const int co = kGeneric ? a.co : (K - 1) / 2;
+  const int co = kGeneric ? a.co : kCo;
   const int plane_in = rows * pitch;
 
   extern __shared__ __align__(16) unsigned char smem[];
   using Smem = SmemLayout<T, K, Cfg, MODE>;
-  const Smem layout(rows, pitch, k);
-  Bits* s_in = reinterpret_cast<Bits*>(smem);
+  const Smem layout(rows, pitch, k, a.stages);
   Bits* s_out = reinterpret_cast<Bits*>(smem + layout.out);
   float* s_dh = reinterpret_cast<float*>(smem + layout.dh);
   float* s_w = reinterpret_cast<float*>(smem + layout.w);
   uint32_t* s_band = reinterpret_cast<uint32_t*>(smem + layout.band);
 
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  Bits* s_dw = reinterpret_cast<Bits*>(smem + layout.dh) + warp * DwMma::kWarpElems;  // kDwMma: the warp's
   const int c0 = blockIdx.x * CB;
   const int slice = blockIdx.y;
   const int item_begin = slice * a.items_per_block;
@@ -159,12 +216,21 @@ __global__ void __launch_bounds__(kThreads, 2) tile_kernel(const TileArgs a) {
 
   // Per-lane running reductions, one per channel of the warp.
   Welford stats[CPW];
-  float sum_dy[CPW], sum_dyx[CPW], sum_dh[CPW], dw[CPW][DWG];
+  float sum_dy[CPW], sum_dyx[CPW], sum_dh[CPW], dw[CPW][DWG], dw_mma[CPW][DwMma::kNT][4];
 #pragma unroll
   for (int s = 0; s < CPW; ++s) {
     sum_dy[s] = sum_dyx[s] = sum_dh[s] = 0.0f;
 #pragma unroll
     for (int q = 0; q < DWG; ++q) dw[s][q] = 0.0f;
+#pragma unroll
+    for (int nt = 0; nt < DwMma::kNT; ++nt)
+#pragma unroll
+      for (int r = 0; r < 4; ++r) dw_mma[s][nt][r] = 0.0f;
+  }
+  if constexpr (kDwMma) {
+    // the scratch's zeros beside each dh row; the tasks write only the rows themselves
+    for (int u = lane; u < DwMma::kWarpElems * static_cast<int>(sizeof(Bits)) / 16; u += 32)
+      reinterpret_cast<uint4*>(s_dw)[u] = make_uint4(0, 0, 0, 0);
   }
   if constexpr (MODE == Mode::kGradH && kGeneric) {
 #pragma unroll
@@ -175,14 +241,70 @@ __global__ void __launch_bounds__(kThreads, 2) tile_kernel(const TileArgs a) {
     }
   }
 
-  for (int item = item_begin; item < item_end; ++item) {
-    const int tw = item % a.tiles_w;
-    const int th = (item / a.tiles_w) % a.tiles_h;
-    const int n = item / (a.tiles_w * a.tiles_h);
-    const int h0 = th * TH, w0 = tw * TW;
-    stage_input<T, Cfg, kShift>(a, s_in, rows, pitch, co, pad, n, h0, w0, c0);
-    if constexpr (kStagesAux) move_tile<T, Cfg, true>(a, s_out, a.aux, n, h0, w0, c0);
+  // Staging (the pipeline at the top of this file). `landing`: channels_last with two
+  // buffers, whose copies land raw in region 1.
+  const bool two = a.stages == 2;
+  const bool landing = two && a.nhwc && a.vec;
+  Bits* const region0 = reinterpret_cast<Bits*>(smem);
+  Bits* const region1 = reinterpret_cast<Bits*>(smem + layout.region);  // (only with two buffers)
+  const int grad_out_at = static_cast<int>(layout.grad_out / sizeof(Bits));
+  const Box in_box{rows, pitch, pitch, plane_in, 0, c0, -pad, -co};
+  const Box out_box{TH, TW, OP, TH * OP, 0, c0, 0, 0};
+  auto at = [](Box b, const ItemPos& p) {
+    b.n = p.n, b.h0 += p.h0, b.w0 += p.w0;
+    return b;
+  };
+  // The copies (or stores) of the tiles of the item at p into `dst`: planes, or raw pixels.
+  auto stage = [&](const ItemPos& p, Bits* dst, bool raw) {
+    const Box in = at(in_box, p), aux = at(out_box, p);
+    if (!a.vec) {
+      stage_box_elementwise<T, CB>(a, a.in, dst, in);
+      if constexpr (kStagesAux) stage_box_elementwise<T, CB>(a, a.aux, dst + grad_out_at, aux);
+    } else if (!a.nhwc) {
+      copy_box_async<T, CB, kGeneric ? V : kCopy>(a, a.in, dst, in);
+      if constexpr (kStagesAux) copy_box_async<T, CB, V>(a, a.aux, dst + grad_out_at, aux);
+    } else if (raw) {
+      land_box_async<T, CB>(a, a.in, dst, in);
+      if constexpr (kStagesAux) land_box_async<T, CB>(a, a.aux, dst + grad_out_at, aux);
+    } else {
+      stage_box_nhwc<T, CB>(a, a.in, dst, in);
+      if constexpr (kStagesAux) stage_box_nhwc<T, CB>(a, a.aux, dst + grad_out_at, aux);
+    }
+    cp_async_commit();
+  };
+
+  // channels_last with a landing buffer: the next item's raw pixels, once they have
+  // arrived, into the planes (free once the current item is done with them)
+  auto unpack_next = [&] {
+    cp_async_wait_all();
     __syncthreads();
+    unpack_box<T, CB>(region1, region0, in_box);
+    if constexpr (kStagesAux) unpack_box<T, CB>(region1 + grad_out_at, region0 + grad_out_at, out_box);
+    __syncthreads();
+  };
+  ItemPos pos = item_pos<Cfg>(a, item_begin);
+  if (two && item_begin < item_end) {
+    stage(pos, landing ? region1 : region0, landing);
+    if (landing) unpack_next();
+  }
+  for (int item = item_begin; item < item_end; ++item) {
+    const int h0 = pos.h0, w0 = pos.w0;
+    const bool more = item + 1 < item_end;
+    const ItemPos next = next_pos<Cfg>(a, pos);
+    const bool odd = two && !landing && ((item - item_begin) & 1);  // NCHW's buffers alternate
+    // Two buffers: the next item's copies, into the buffer item - 1 read (or the landing
+    // buffer, unpacked at the end of item - 1); one: this item's, after item - 1 is done.
+    if (!two || more) stage(two ? next : pos, landing || (two && !odd) ? region1 : region0, landing);
+    if (!landing) {
+      if (two && more) {
+        cp_async_wait<1>();  // this item's group, not the one just issued
+      } else {
+        cp_async_wait_all();
+      }
+      __syncthreads();
+    }
+    Bits* const s_in = odd ? region1 : region0;
+    Bits* const s_res = kStagesAux ? s_in + grad_out_at : s_out;  // grad_out in, the result out
 
 #pragma unroll
     for (int m = 0; m < TPW; ++m) {
@@ -221,7 +343,7 @@ __global__ void __launch_bounds__(kThreads, 2) tile_kernel(const TileArgs a) {
       for (int e = 0; e < NOUT; ++e)
         if (c < a.C && h0 + strip * 16 + F::row(e, lane) < a.H && w0 + F::col(e, lane) < a.W) inside |= 1u << e;
       const ChannelConsts& q = cc[slot];
-      Bits* out_plane = s_out + cl * TH * OP;
+      Bits* out_plane = s_res + cl * TH * OP;
 
       if constexpr (MODE == Mode::kApply) {
         with_activation<kFastGelu>(a.act, [&](auto act) {
@@ -234,7 +356,7 @@ __global__ void __launch_bounds__(kThreads, 2) tile_kernel(const TileArgs a) {
             if constexpr (kPairedResidual) {
               load_pair<T>(xs, x[0], x[1]);
             } else {
-              x[0] = D::to_float(xs[0]), x[1] = D::to_float(xs[1]);
+              x[0] = D::to_float(ld_shared(xs)), x[1] = D::to_float(ld_shared(xs + 1));
             }
 #pragma unroll
             for (int p = 0; p < 2; ++p) y[p] = x[p] + fmaf(Act::fwd(acc[e + p] + q.bias) - q.mean, q.scale, q.shift);
@@ -309,12 +431,21 @@ __global__ void __launch_bounds__(kThreads, 2) tile_kernel(const TileArgs a) {
               }
             }
             store_pair<T>(out_plane + tr * OP + tc, dh[0], dh[1]);
-            *reinterpret_cast<float2*>(s_dh + cl * TH * DHP + tr * DHP + tc) = make_float2(dh[0], dh[1]);
+            if constexpr (kDwMma) {
+              dweight_store_dh<T, K, NB>(s_dw, tr - strip * 16, tc, dh[0], dh[1]);
+            } else {
+              *reinterpret_cast<float2*>(s_dh + cl * TH * DHP + tr * DHP + tc) = make_float2(dh[0], dh[1]);
+            }
           }
           sum_dh[slot] += sdh;
           sum_dy[slot] += sd;
           sum_dyx[slot] += sdx;
         });
+        if constexpr (kDwMma) {
+          __syncwarp();  // the task's dh rows, written by the warp's lanes above
+          dweight_task_mma<T, K, NB>(plane, s_dw, strip, dw_mma[slot], lane);
+          __syncwarp();  // read before the next task's rows overwrite them
+        }
       } else {
         static_assert(MODE == Mode::kGradX, "unhandled mode");
 #pragma unroll
@@ -327,7 +458,7 @@ __global__ void __launch_bounds__(kThreads, 2) tile_kernel(const TileArgs a) {
       }
     }
 
-    if constexpr (MODE == Mode::kGradH) {
+    if constexpr (MODE == Mode::kGradH && !kDwMma) {
       __syncwarp();  // the warp's own dh rows, written in the fragment layout above
 #pragma unroll
       for (int m = 0; m < TPW; ++m) {
@@ -347,9 +478,11 @@ __global__ void __launch_bounds__(kThreads, 2) tile_kernel(const TileArgs a) {
     }
     if constexpr (kWritesOut) {
       __syncthreads();
-      move_tile<T, Cfg, false>(a, s_out, a.out, n, h0, w0, c0);
+      store_box<T, CB>(a, s_res, a.out, at(out_box, pos));
     }
-    __syncthreads();  // the next item's staging overwrites the tiles
+    __syncthreads();  // the tiles are free for the next item's staging
+    if (landing && more) unpack_next();
+    pos = next;
   }
 
   // The block's partials: slice `slice`, rows q of [slices][q_count][C].
@@ -383,7 +516,16 @@ __global__ void __launch_bounds__(kThreads, 2) tile_kernel(const TileArgs a) {
       const float sdh = warp_sum(sum_dh[s]);
       const float sd = warp_sum(sum_dy[s]), sdx = warp_sum(sum_dyx[s]);
       if (c < a.C) {
-        if constexpr (!kGeneric) {
+        if constexpr (kDwMma) {
+          // element r of tile nt: D[j][i] = dweight[i][j], j = g (+ 8), i = 8 nt + 2 t (+ 1)
+#pragma unroll
+          for (int nt = 0; nt < DwMma::kNT; ++nt)
+#pragma unroll
+            for (int r = 0; r < 4; ++r) {
+              const int j = (lane >> 2) + 8 * (r >> 1), i = 8 * nt + 2 * (lane & 3) + (r & 1);
+              if (i < K && j < K) part[static_cast<int64_t>(i * K + j) * a.C] = dw_mma[s][nt][r];
+            }
+        } else if constexpr (!kGeneric) {
           constexpr int TI = DwGroups<kGeneric ? 1 : K>::TI;
 #pragma unroll
           for (int gi = 0; gi < DWG; ++gi) {

@@ -12,12 +12,15 @@
 namespace convmixer_kernels {
 namespace cuda {
 
-// B fragments of the banded matrices, one per kernel row i: B_i[kk][nn] = w[i][kk - nn]
-// (zero off the band), so that column nn of A_i * B_i is the row-i contribution to output
-// nn of an n-tile whose 16 inputs start at its first output's window. Lane (g, t) holds
-// rows 2t, 2t+1 (reg 0) and 2t+8, 2t+9 (reg 1) of column g.
+// B fragments of the banded matrices, one per kernel row i: B_i[kk][nn] = w[i][kk - nn - d]
+// (zero off the band), d = band_shift, so that column nn of A_i * B_i is the row-i
+// contribution to output nn of an n-tile whose 16 inputs start d columns before its first
+// output's window (d + 8 + k - 1 <= 16 for k <= 9). Lane (g, t) holds rows 2t, 2t+1 (reg 0)
+// and 2t+8, 2t+9 (reg 1) of column g.
 template <typename T, int K>
 __device__ __forceinline__ void build_band(const TileArgs& a, int c, int lane, uint32_t (&bf)[K][2]) {
+  constexpr int d = band_shift<T, K>();
+  static_assert(d >= 0 && d + 8 + K - 1 <= 16, "the shifted band must fit the 16 columns of the window");
   const uint16_t* w = static_cast<const uint16_t*>(a.weight);
   const int g = lane >> 2, t = lane & 3;
 #pragma unroll
@@ -27,7 +30,7 @@ __device__ __forceinline__ void build_band(const TileArgs& a, int c, int lane, u
       uint32_t word = 0;
 #pragma unroll
       for (int e = 0; e < 2; ++e) {
-        const int j = 2 * t + 8 * h + e - g;
+        const int j = 2 * t + 8 * h + e - g - d;
         if (c < a.C && j >= 0 && j < K) {
           const int tap = a.flip ? (K - 1 - i) * K + (K - 1 - j) : i * K + j;
           word |= static_cast<uint32_t>(__ldg(w + static_cast<int64_t>(c) * K * K + tap)) << (16 * e);
@@ -40,7 +43,8 @@ __device__ __forceinline__ void build_band(const TileArgs& a, int c, int lane, u
 
 // Tensor-core conv of one task: 16 rows from `strip`, NB n-tiles of 8 columns. For kernel
 // row i the A tiles of the n-tiles are the 8-column halves (b, b + 1) of the same input
-// rows, so NB + 1 halves per row are loaded once and shared by neighbouring n-tiles.
+// rows (n-tile b's window: plane columns 8b .. 8b + 15), so NB + 1 halves per row are
+// loaded once and shared by neighbouring n-tiles.
 template <typename T, int K, int NB>
 __device__ __forceinline__ void conv_mma(const uint16_t* plane, int strip, const uint32_t (&bf)[K][2],
                                          float (&acc)[4 * NB], int lane) {
@@ -83,6 +87,7 @@ template <typename T, int K, int NB>
 __device__ __forceinline__ void conv_exact(const TileArgs& a, const uint16_t* plane, int c, int strip,
                                         float (&acc)[4 * NB], int lane) {
   constexpr int kPitch = 8 * NB + 8;
+  constexpr int d = band_shift<T, K>();
   const uint16_t* w = static_cast<const uint16_t*>(a.weight) + static_cast<int64_t>(c) * K * K;
 #pragma unroll
   for (int e = 0; e < 4 * NB; ++e) {
@@ -94,7 +99,8 @@ __device__ __forceinline__ void conv_exact(const TileArgs& a, const uint16_t* pl
 #pragma unroll 1
       for (int j = 0; j < K; ++j) {
         const int tap = a.flip ? (K - 1 - i) * K + (K - 1 - j) : i * K + j;
-        s = fmaf(Dtype<T>::to_float(__ldg(w + tap)), Dtype<T>::to_float(plane[(r0 + i) * kPitch + c0 + j]), s);
+        s = fmaf(Dtype<T>::to_float(__ldg(w + tap)), Dtype<T>::to_float(ld_shared(plane + (r0 + i) * kPitch + c0 + d + j)),
+                 s);
       }
     acc[e] = c < a.C ? s : 0.0f;
   }
@@ -154,7 +160,7 @@ __device__ __forceinline__ void conv_generic(const typename Dtype<T>::Bits* plan
     for (int j = 0; j < k; ++j) {
       float v[NB];
 #pragma unroll
-      for (int x = 0; x < NB; ++x) v[x] = Dtype<T>::to_float(src[r * pitch + x + j]);
+      for (int x = 0; x < NB; ++x) v[x] = Dtype<T>::to_float(ld_shared(src + r * pitch + x + j));
 #pragma unroll
       for (int y = 0; y < 4; ++y) {
         const int i = r - y;

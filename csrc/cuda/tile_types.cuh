@@ -20,6 +20,9 @@ enum class Mode {
   kGradX,     // dx = dy + conv_transpose(dh)
 };
 
+// Passes that stage grad_out's tile beside the input tile (and write their result over it).
+__host__ __device__ constexpr bool stages_grad_out(Mode m) { return m == Mode::kGradSums || m == Mode::kGradH || m == Mode::kGradX; }
+
 // CB channels x (16 * STRIPS) rows x (8 * NB) cols per tile; 8 warps, TPW tasks each
 // (a task = one channel x 16 rows), CPW channels per warp.
 template <int CB_, int STRIPS_, int NB_>
@@ -39,6 +42,33 @@ using CfgWide = TileCfg<8, 2, 4>;     // 32 x 32 tiles of 8 channels: images wid
 using CfgNarrow = TileCfg<16, 1, 2>;  // 16 x 16 tiles of 16 channels: images up to 16 wide
 using CfgGeneric = TileCfg<8, 1, 2>;  // any k: small tiles keep the k = 31 halo in 163 KB
 
+// Shared-memory columns before output column 0 of a templated-k input tile. The
+// tensor-core path puts 4 there for every k <= 9 (its band shifts by 4 - pad: build_band),
+// so each n-tile's 16-column window starts 8 bytes past a 16-byte global vector and NCHW
+// rows land as whole, aligned 8-byte cp.async copies, with no shift in registers. The
+// CUDA-core path's windows start at pad.
+template <typename T>
+__host__ __device__ constexpr int templated_co(int k) {
+  return Dtype<T>::kMma ? 4 : (k - 1) / 2;
+}
+
+// How far an n-tile's 16-column window starts before its first output's kernel window:
+// templated_co<T>(K) - pad columns (the tile's columns start co before output 0).
+template <typename T, int K>
+__host__ __device__ constexpr int band_shift() {
+  return templated_co<T>(K) - (K - 1) / 2;
+}
+
+// Elements per cp.async of an NCHW row staged from co columns before a vector boundary:
+// the largest power of two up to a 16-byte vector that divides co, so that every copy is
+// aligned in global and shared memory alike (at least 4 bytes: co is even for 16-bit types).
+template <typename T>
+__host__ __device__ constexpr int copy_elems(int co) {
+  int g = vec_elems<T>();
+  while (co % g != 0) g /= 2;
+  return g;
+}
+
 // Everything a tile kernel reads; built on the host by launch.cuh.
 struct TileArgs {
   int N, C, H, W;
@@ -47,6 +77,8 @@ struct TileArgs {
   int co;             // shared-memory columns before output column 0 (generic path)
   int nhwc;           // the layout of every activation-sized tensor
   int vec;            // 16-byte global accesses are aligned (else element by element)
+  int stages;         // shared buffers of the pipeline (launch.cuh's pipeline_stages): 2, the
+                      // next item's copies in flight during this one's compute, or 1
   int tiles_h, tiles_w, items, items_per_block;
   const void* in;     // conv input: x, or dh for kGradX
   const void* aux;    // grad_out
@@ -87,6 +119,9 @@ __device__ __forceinline__ int64_t offset_nchw(const TileArgs& a, int n, int c, 
 }
 __device__ __forceinline__ int64_t offset_nhwc(const TileArgs& a, int n, int c, int h, int w) {
   return ((static_cast<int64_t>(n) * a.H + h) * a.W + w) * a.C + c;
+}
+__device__ __forceinline__ int64_t offset(const TileArgs& a, int n, int c, int h, int w) {
+  return a.nhwc ? offset_nhwc(a, n, c, h, w) : offset_nchw(a, n, c, h, w);
 }
 
 }  // namespace cuda

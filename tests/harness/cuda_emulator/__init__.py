@@ -9,8 +9,10 @@ the kernels see lies between guard bands of 0xff bytes (NaN in every float dtype
 read past a tensor shows up as NaN in the results and a write past one as a changed
 guard; and the workspaces start as NaN too.
 
-This checks the kernels' indexing, tiling, fragment layouts, reductions and barriers on a
-machine without a GPU. It says nothing about speed, and the tensor cores' rounding is
+This checks the kernels' indexing, tiling, fragment layouts, reductions, barriers and
+cp.async pipeline (copies land at their wait, and a read before it is reported) on a
+machine without a GPU; `Emulator.configure(device=...)` picks the shared memory the
+launchers plan their pipeline depth for. It says nothing about speed, and the tensor cores' rounding is
 modelled, not measured: tests/ops/backends/test_cuda_gpu.py is still the word on a GPU.
 """
 
@@ -46,6 +48,9 @@ FLAGS = [
 
 DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 ORDERS = {"ascending": 0, "descending": 1, "shuffled": 2}
+# shared memory per multiprocessor and the most one block may opt into, in bytes; each is
+# its own device index (the launchers cache function attributes per device)
+DEVICES = {"h100": (228 * 1024, 227 * 1024), "a100": (164 * 1024, 163 * 1024), "a10": (100 * 1024, 99 * 1024)}
 GUARD_BYTES = 256  # on each side of every buffer; a multiple of 16 keeps 16-byte alignment
 
 
@@ -117,7 +122,7 @@ class Emulator:
     def __init__(self, path: str):
         self.lib = ctypes.CDLL(path)
         p, i64p, i, d = ctypes.c_void_p, ctypes.POINTER(ctypes.c_int64), ctypes.c_int, ctypes.c_double
-        self.lib.cme_configure.argtypes = [i, i, ctypes.c_uint64]
+        self.lib.cme_configure.argtypes = [i, i, ctypes.c_int64, ctypes.c_int64, i, ctypes.c_uint64]
         self.lib.cme_last_error.restype = ctypes.c_char_p
         self.lib.cme_forward_train_workspace.argtypes = [i, i64p, i]
         self.lib.cme_forward_train_workspace.restype = ctypes.c_int64
@@ -131,10 +136,13 @@ class Emulator:
         self.lib.cme_attribute_calls.restype = ctypes.c_uint64
         self.configure()
 
-    def configure(self, multiprocessors: int = 132, order: str = "ascending", seed: int = 0):
+    def configure(self, multiprocessors: int = 132, order: str = "ascending", seed: int = 0, device: str = "h100"):
         """How the next calls run: the multiprocessor count the kernels plan their grids
-        for, and the order of threads between barriers and of blocks in a grid."""
-        self.lib.cme_configure(multiprocessors, ORDERS[order], seed)
+        for, the shared memory of the emulated `device` (DEVICES: the kernels choose their
+        pipeline depth from it), and the order of threads between barriers and of blocks
+        in a grid."""
+        per_sm, optin = DEVICES[device]
+        self.lib.cme_configure(list(DEVICES).index(device), multiprocessors, per_sm, optin, ORDERS[order], seed)
 
     def selftest(self, name: str) -> torch.Tensor:
         """Runs one of selftest.cpp's fault kernels; its 256 outputs."""

@@ -60,9 +60,13 @@ ForwardParams forward_params(const int64_t* g, int k, int act, double eps, const
 
 extern "C" {
 
-void cme_configure(int multiprocessors, int order, uint64_t seed) {
+void cme_configure(int device, int multiprocessors, int64_t smem_per_multiprocessor, int64_t smem_per_block_optin,
+                   int order, uint64_t seed) {
   cuda_emu::Options options;
+  options.device = device;
   options.multiprocessors = multiprocessors;
+  options.smem_per_multiprocessor = static_cast<size_t>(smem_per_multiprocessor);
+  options.smem_per_block_optin = static_cast<size_t>(smem_per_block_optin);
   options.order = order;
   options.seed = seed;
   cuda_emu::configure(options);

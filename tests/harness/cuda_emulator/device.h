@@ -13,10 +13,18 @@
 // or shuffled anew each round), and so do blocks: a shared-memory read that lacks its
 // barrier sees another value under another order, so results that differ between orders
 // expose the race. Shared memory starts filled with 0xff bytes (NaN in every float type
-// the kernels use), is bounds-checked where a PTX instruction addresses it, and a guard
-// band after it is checked at the end of each block. Launches fail like real ones on a
-// bad configuration, and on more than 48 KB of dynamic shared memory without the
+// the kernels use), is bounds-checked where a PTX instruction or ld_shared addresses it,
+// and a guard band after it is checked at the end of each block. Launches fail like real
+// ones on a bad configuration, and on more than 48 KB of dynamic shared memory without the
 // function attribute (or more than the device's maximum with it).
+//
+// Asynchronous copies (cp.async): a copy is recorded at issue, in the issuing thread's open
+// group; commit_group closes the group, and wait_group N (wait_all) performs the thread's
+// oldest groups, in order, until N (none) are left: the bytes move at the wait, not at the
+// issue, reading global memory then. Until then the destination holds 0xff poison, and a
+// read of it through ld_shared, ldmatrix or the pinned loads is reported as an error, as
+// are a destination outside shared memory or misaligned, a second copy to bytes still in
+// flight, and copies a thread never waited for when its block ends.
 //
 // What it does not model: timing, memory ordering beyond barriers, and the tensor cores'
 // internal rounding (the emulated mma adds exact products in float, in k order).
@@ -73,18 +81,28 @@ enum cudaError_t {
   cudaErrorInvalidConfiguration = 9,
   cudaErrorLaunchFailure = 719,
 };
-enum cudaDeviceAttr { cudaDevAttrMultiProcessorCount = 16, cudaDevAttrMaxSharedMemoryPerBlockOptin = 97 };
+enum cudaDeviceAttr {
+  cudaDevAttrMultiProcessorCount = 16,
+  cudaDevAttrMaxSharedMemoryPerMultiprocessor = 81,
+  cudaDevAttrMaxSharedMemoryPerBlockOptin = 97,
+  cudaDevAttrReservedSharedMemoryPerBlock = 111,
+};
 enum cudaFuncAttribute { cudaFuncAttributeMaxDynamicSharedMemorySize = 8 };
 struct CUstream_st;
 typedef CUstream_st* cudaStream_t;
 
 namespace cuda_emu {
 
-// Multiprocessors reported to the kernels' planning; the maximum dynamic shared memory
-// a block may opt into (H100: 227 KB).
+// The device the kernels plan for (emulator.h's Options): its index, multiprocessors, shared memory
+// per multiprocessor, and the dynamic shared memory a block may opt into, at most
+// kMaxDynamicSmem (H100: 227 KB); the driver reserves kReservedSmem of each block's.
+int device();  // the current device's index: each kind of device the tests emulate has its own
 int multiprocessors();
+size_t smem_per_multiprocessor();
+size_t smem_per_block_optin();
 constexpr size_t kMaxDynamicSmem = 227 * 1024;
 constexpr size_t kDefaultDynamicSmem = 48 * 1024;
+constexpr size_t kReservedSmem = 1024;
 
 cudaError_t set_max_dynamic_smem(const void* kernel, int bytes);
 uint64_t attribute_calls();  // cudaFuncSetAttribute calls so far, for the tests
@@ -105,6 +123,15 @@ void mma_m16n8k16(const char* file, int line, bool bf16, float* d, const uint32_
 
 uint32_t shared_offset(const void* p);  // the .shared address of p (must lie in the block's)
 
+// A read of `bytes` of shared memory at p: inside the block's, and no cp.async in flight
+// to any of them.
+void shared_read(const char* file, int line, const void* p, size_t bytes);
+// cp.async.{ca,cg}.shared.global [dst], [src], bytes, src_bytes (the rest zero-filled),
+// cp.async.commit_group, and cp.async.wait_group `groups` (-1: cp.async.wait_all).
+void cp_async(const char* file, int line, void* dst, const void* src, int bytes, int src_bytes, bool cg);
+void cp_async_commit();
+void cp_async_wait(int groups);
+
 template <typename T>
 T shfl_xor_sync(const char* file, int line, unsigned mask, T v, int lane_mask, int width = 32) {
   static_assert(sizeof(T) == 4, "the kernels shuffle 32-bit values");
@@ -120,13 +147,17 @@ T shfl_xor_sync(const char* file, int line, unsigned mask, T v, int lane_mask, i
 inline cudaError_t cudaGetLastError() { return cuda_emu::take_last_error(); }
 const char* cudaGetErrorString(cudaError_t err);
 inline cudaError_t cudaGetDevice(int* dev) {
-  *dev = 0;
+  *dev = cuda_emu::device();
   return cudaSuccess;
 }
 inline cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int) {
   switch (attr) {
     case cudaDevAttrMultiProcessorCount: *value = cuda_emu::multiprocessors(); return cudaSuccess;
-    case cudaDevAttrMaxSharedMemoryPerBlockOptin: *value = static_cast<int>(cuda_emu::kMaxDynamicSmem); return cudaSuccess;
+    case cudaDevAttrMaxSharedMemoryPerMultiprocessor:
+      *value = static_cast<int>(cuda_emu::smem_per_multiprocessor());
+      return cudaSuccess;
+    case cudaDevAttrMaxSharedMemoryPerBlockOptin: *value = static_cast<int>(cuda_emu::smem_per_block_optin()); return cudaSuccess;
+    case cudaDevAttrReservedSharedMemoryPerBlock: *value = static_cast<int>(cuda_emu::kReservedSmem); return cudaSuccess;
   }
   return cudaErrorInvalidValue;
 }
@@ -191,8 +222,11 @@ inline unsigned __float_as_uint(float f) {
   std::memcpy(&u, &f, 4);
   return u;
 }
-inline unsigned __funnelshift_r(unsigned lo, unsigned hi, unsigned shift) {
-  return static_cast<unsigned>(((static_cast<uint64_t>(hi) << 32) | lo) >> (shift & 31u));
+inline unsigned __byte_perm(unsigned x, unsigned y, unsigned s) {
+  const uint64_t bytes = (static_cast<uint64_t>(y) << 32) | x;
+  unsigned r = 0;
+  for (int i = 0; i < 4; ++i) r |= static_cast<unsigned>(bytes >> (8 * ((s >> (4 * i)) & 7u)) & 0xffu) << (8 * i);
+  return r;
 }
 template <typename T>
 inline T __ldg(const T* p) {
@@ -217,15 +251,26 @@ namespace cuda {
 
 inline uint32_t smem_addr(const void* p) { return ::cuda_emu::shared_offset(p); }
 
-inline float4 lds_pinned_f32x4(const float* p) {
-  ::cuda_emu::shared_offset(p);
-  return *reinterpret_cast<const float4*>(p);
+template <typename V>
+inline V ld_shared(const V* p, const char* file = __builtin_FILE(), int line = __builtin_LINE()) {
+  ::cuda_emu::shared_read(file, line, p, sizeof(V));
+  return *p;
 }
 
-inline uint2 lds_pinned_u32x2(const uint32_t* p) {
-  ::cuda_emu::shared_offset(p);
-  return *reinterpret_cast<const uint2*>(p);
+inline float4 lds_pinned_f32x4(const float* p) { return ld_shared(reinterpret_cast<const float4*>(p)); }
+inline uint2 lds_pinned_u32x2(const uint32_t* p) { return ld_shared(reinterpret_cast<const uint2*>(p)); }
+
+template <int BYTES>
+inline void cp_async(void* dst, const void* src, int src_bytes, const char* file = __builtin_FILE(),
+                     int line = __builtin_LINE()) {
+  ::cuda_emu::cp_async(file, line, dst, src, BYTES, src_bytes, BYTES == 16);
 }
+inline void cp_async_commit() { ::cuda_emu::cp_async_commit(); }
+template <int N>
+inline void cp_async_wait() {
+  ::cuda_emu::cp_async_wait(N);
+}
+inline void cp_async_wait_all() { ::cuda_emu::cp_async_wait(-1); }
 
 // rcp.approx.ftz and ex2.approx.ftz, correctly rounded here (the hardware's 1-2 ulp are
 // not modelled), subnormal inputs and results flushed to zero as ftz does.
@@ -233,13 +278,22 @@ inline float flush_subnormal(float v) { return std::fpclassify(v) == FP_SUBNORMA
 inline float rcp_approx(float x) { return flush_subnormal(1.0f / flush_subnormal(x)); }
 inline float exp2_approx(float x) { return flush_subnormal(std::exp2(flush_subnormal(x))); }
 
-inline void ldmatrix_x4(uint32_t (&r)[4], uint32_t addr) { ::cuda_emu::ldmatrix(__FILE__, __LINE__, 4, r, addr); }
-inline void ldmatrix_x2(uint32_t (&r)[2], uint32_t addr) { ::cuda_emu::ldmatrix(__FILE__, __LINE__, 2, r, addr); }
+// The warp collectives below name their caller's line in reports (and every lane of the
+// warp must reach the same one).
+inline void ldmatrix_x4(uint32_t (&r)[4], uint32_t addr, const char* file = __builtin_FILE(),
+                        int line = __builtin_LINE()) {
+  ::cuda_emu::ldmatrix(file, line, 4, r, addr);
+}
+inline void ldmatrix_x2(uint32_t (&r)[2], uint32_t addr, const char* file = __builtin_FILE(),
+                        int line = __builtin_LINE()) {
+  ::cuda_emu::ldmatrix(file, line, 2, r, addr);
+}
 
 template <typename T>
-inline void mma_16816(float* d, const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+inline void mma_16816(float* d, const uint32_t (&a)[4], const uint32_t (&b)[2], const char* file = __builtin_FILE(),
+                      int line = __builtin_LINE()) {
   static_assert(std::is_same<T, __half>::value || std::is_same<T, __nv_bfloat16>::value, "16-bit MMA types only");
-  ::cuda_emu::mma_m16n8k16(__FILE__, __LINE__, std::is_same<T, __nv_bfloat16>::value, d, a, b);
+  ::cuda_emu::mma_m16n8k16(file, line, std::is_same<T, __nv_bfloat16>::value, d, a, b);
 }
 
 // A launch: the arguments are copied as a real launch copies them, then every thread of

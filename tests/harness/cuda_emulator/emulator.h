@@ -13,7 +13,12 @@ namespace cuda_emu {
 enum Order : int { kOrderAscending = 0, kOrderDescending = 1, kOrderShuffled = 2 };
 
 struct Options {
-  int multiprocessors = 132;  // an H100 SXM; the kernels plan their grids from it
+  // an H100 SXM; the kernels plan their grids and pipelines from these. Function attributes
+  // belong to a device: one with other properties needs another index.
+  int device = 0;
+  int multiprocessors = 132;
+  size_t smem_per_multiprocessor = 228 * 1024;
+  size_t smem_per_block_optin = kMaxDynamicSmem;  // at most kMaxDynamicSmem
   int order = kOrderAscending;
   uint64_t seed = 0;          // of the shuffled order
 };

@@ -8,10 +8,12 @@
 #include <cstdarg>
 #include <cstdio>
 #include <cstdlib>
+#include <deque>
 #include <map>
 #include <numeric>
 #include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "device.h"
@@ -38,6 +40,15 @@ constexpr unsigned char kSmemPoison = 0xff;  // NaN in float32, float16 and bflo
 
 enum class Wait { kNone, kBlock, kWarp };
 
+// One cp.async in flight: where it goes, where from, and who issued it where.
+struct Copy {
+  uint32_t dst;
+  const unsigned char* src;
+  int bytes, src_bytes;
+  const char* file;
+  int line;
+};
+
 struct Fiber {
   ucontext_t ctx;
   dim3 idx;
@@ -45,6 +56,8 @@ struct Fiber {
   bool done = false, aborted = false;
   Wait wait = Wait::kNone;
   uint64_t gen = 0;
+  std::vector<Copy> open;                 // issued since the last commit_group
+  std::deque<std::vector<Copy>> groups;  // committed, oldest first
 };
 
 // A barrier of the block or of one warp: who arrived, at which call, and its generation.
@@ -69,6 +82,10 @@ struct Block {
   Barrier bar;
   unsigned char* smem = nullptr;
   size_t smem_bytes = 0;
+  // per 4-byte word of shared memory (every copy is whole, aligned words): 1 + the thread
+  // whose cp.async to it is in flight, else 0; and how many words are in flight
+  std::vector<uint16_t> in_flight;
+  size_t words_in_flight = 0;
   const std::function<void()>* body = nullptr;
   Fiber* current = nullptr;
   ucontext_t scheduler;
@@ -79,7 +96,7 @@ Options g_options;
 std::mt19937_64 g_rng;
 Block* g_block = nullptr;
 std::vector<void*> g_stacks;
-std::map<const void*, size_t> g_smem_optin;
+std::map<std::pair<int, const void*>, size_t> g_smem_optin;  // (device, kernel) -> bytes
 uint64_t g_attribute_calls = 0;
 cudaError_t g_last_error = cudaSuccess;
 std::string g_message;
@@ -203,6 +220,8 @@ std::string deadlock(const Block& b) {
 std::string run_block(Block& b) {
   std::memset(b.smem, kSmemPoison, b.smem_bytes);
   std::memset(b.smem + b.smem_bytes, kGuardByte, kSmemGuard);
+  b.in_flight.assign((b.smem_bytes + 3) / 4, 0);
+  b.words_in_flight = 0;
   b.bar = Barrier{};
   for (Warp& w : b.warps) w.bar = Barrier{};
   b.error.clear();
@@ -212,6 +231,8 @@ std::string run_block(Block& b) {
     f.idx = dim3(t % b.dim.x, (t / b.dim.x) % b.dim.y, t / (b.dim.x * b.dim.y));
     f.done = f.aborted = false;
     f.wait = Wait::kNone;
+    f.open.clear();
+    f.groups.clear();
     getcontext(&f.ctx);
     f.ctx.uc_stack.ss_sp = g_stacks[t];
     f.ctx.uc_stack.ss_size = kStackBytes;
@@ -235,6 +256,13 @@ std::string run_block(Block& b) {
     }
     if (all_done) break;
     if (!ran) return format("deadlock in block (%u, %u, %u): %s", b.idx.x, b.idx.y, b.idx.z, deadlock(b).c_str());
+  }
+  for (const Fiber& f : b.fibers) {
+    const Copy* left = !f.open.empty() ? &f.open.front() : !f.groups.empty() ? &f.groups.front().front() : nullptr;
+    if (left)
+      return format("block (%u, %u, %u), thread %d ended with cp.async copies it never waited for (the first "
+                    "issued at %s:%d)",
+                    b.idx.x, b.idx.y, b.idx.z, f.tid, left->file, left->line);
   }
   for (size_t i = 0; i < kSmemGuard; ++i)
     if (b.smem[b.smem_bytes + i] != kGuardByte)
@@ -264,7 +292,10 @@ std::string take_message() {
 
 // ---------------------------------------------------------------- device.h
 
+int device() { return g_options.device; }
 int multiprocessors() { return g_options.multiprocessors; }
+size_t smem_per_multiprocessor() { return g_options.smem_per_multiprocessor; }
+size_t smem_per_block_optin() { return std::min(g_options.smem_per_block_optin, kMaxDynamicSmem); }
 
 cudaError_t take_last_error() {
   const cudaError_t err = g_last_error;
@@ -276,11 +307,11 @@ uint64_t attribute_calls() { return g_attribute_calls; }
 
 cudaError_t set_max_dynamic_smem(const void* kernel, int bytes) {
   ++g_attribute_calls;
-  if (bytes < 0 || static_cast<size_t>(bytes) > kMaxDynamicSmem)
+  if (bytes < 0 || static_cast<size_t>(bytes) > smem_per_block_optin())
     return record(cudaErrorInvalidValue, format("cudaFuncSetAttribute: %d bytes of dynamic shared memory, the "
                                                 "device allows %zu",
-                                                bytes, kMaxDynamicSmem));
-  g_smem_optin[kernel] = static_cast<size_t>(bytes);
+                                                bytes, smem_per_block_optin()));
+  g_smem_optin[{g_options.device, kernel}] = static_cast<size_t>(bytes);
   return cudaSuccess;
 }
 
@@ -294,13 +325,13 @@ cudaError_t run_grid(const void* kernel, dim3 grid, dim3 dim, size_t smem, const
                          static_cast<unsigned long long>(threads)));
   if (grid.x == 0 || grid.y == 0 || grid.z == 0 || grid.x > 0x7fffffffu || grid.y > 65535 || grid.z > 65535)
     return record(cudaErrorInvalidConfiguration, format("launch: grid of %u x %u x %u blocks", grid.x, grid.y, grid.z));
-  const auto optin = g_smem_optin.find(kernel);
+  const auto optin = g_smem_optin.find({g_options.device, kernel});
   const size_t allowed = optin == g_smem_optin.end() ? kDefaultDynamicSmem : std::max(kDefaultDynamicSmem, optin->second);
   if (smem > allowed)
     return record(cudaErrorInvalidValue,
                   format("launch: %zu bytes of dynamic shared memory, the kernel may use %zu (raise it with "
                          "cudaFuncSetAttribute, up to %zu)",
-                         smem, allowed, kMaxDynamicSmem));
+                         smem, allowed, smem_per_block_optin()));
 
   while (g_stacks.size() < threads) {
     void* stack = mmap(nullptr, kStackBytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
@@ -346,6 +377,84 @@ uint32_t shared_offset(const void* p) {
   if (q < b.smem || q >= b.smem + b.smem_bytes)
     fail(format("shared-memory address %p outside the block's %zu bytes", p, b.smem_bytes));
   return static_cast<uint32_t>(q - b.smem);
+}
+
+namespace {
+
+// Fails if a cp.async to any of the `bytes` at shared offset `off` is in flight.
+void check_not_in_flight(const char* what, const char* file, int line, uint32_t off, size_t bytes) {
+  Block& b = block();
+  if (b.words_in_flight == 0) return;
+  for (size_t w = off / 4; w < (off + bytes + 3) / 4; ++w) {
+    if (!b.in_flight[w]) continue;
+    const Fiber& owner = b.fibers[b.in_flight[w] - 1];
+    const Copy* copy = nullptr;
+    auto find = [&](const std::vector<Copy>& copies) {
+      for (const Copy& c : copies)
+        if (c.dst <= 4 * w && 4 * w < c.dst + c.bytes) copy = &c;
+    };
+    find(owner.open);
+    for (const auto& group : owner.groups) find(group);
+    fail(format("%s at %s:%d of shared-memory byte %zu, the destination of a cp.async of thread %d (issued at "
+                "%s:%d) not yet waited for",
+                what, file, line, 4 * w, owner.tid, copy ? copy->file : "?", copy ? copy->line : 0));
+  }
+}
+
+void perform(const Copy& c) {
+  Block& b = block();
+  std::memcpy(b.smem + c.dst, c.src, c.src_bytes);
+  std::memset(b.smem + c.dst + c.src_bytes, 0, c.bytes - c.src_bytes);
+  for (uint32_t w = c.dst / 4; w < (c.dst + c.bytes) / 4; ++w) b.in_flight[w] = 0;
+  b.words_in_flight -= c.bytes / 4;
+}
+
+}  // namespace
+
+void shared_read(const char* file, int line, const void* p, size_t bytes) {
+  Block& b = block();
+  const auto* q = static_cast<const unsigned char*>(p);
+  if (q < b.smem || q + bytes > b.smem + b.smem_bytes)
+    fail(format("shared-memory read at %s:%d of %zu bytes at %p, outside the block's %zu bytes", file, line, bytes,
+                p, b.smem_bytes));
+  check_not_in_flight("shared-memory read", file, line, static_cast<uint32_t>(q - b.smem), bytes);
+}
+
+void cp_async(const char* file, int line, void* dst, const void* src, int bytes, int src_bytes, bool cg) {
+  Block& b = block();
+  const auto* q = static_cast<const unsigned char*>(dst);
+  if ((bytes != 4 && bytes != 8 && bytes != 16) || (cg && bytes != 16) || src_bytes < 0 || src_bytes > bytes)
+    fail(format("cp.async.%s at %s:%d of %d bytes with src-size %d", cg ? "cg" : "ca", file, line, bytes, src_bytes));
+  if (q < b.smem || q + bytes > b.smem + b.smem_bytes)
+    fail(format("cp.async at %s:%d to %d bytes at %p, outside the block's %zu bytes of shared memory", file, line,
+                bytes, dst, b.smem_bytes));
+  const uint32_t off = static_cast<uint32_t>(q - b.smem);
+  if (off % bytes != 0 || reinterpret_cast<uintptr_t>(src) % bytes != 0)
+    fail(format("cp.async at %s:%d of %d bytes from %p to shared byte %u: both must be %d-byte aligned", file, line,
+                bytes, src, off, bytes));
+  check_not_in_flight("cp.async", file, line, off, bytes);
+  std::memset(b.smem + off, kSmemPoison, bytes);  // undefined until the copy is waited for
+  for (uint32_t w = off / 4; w < (off + bytes) / 4; ++w) b.in_flight[w] = static_cast<uint16_t>(b.current->tid + 1);
+  b.words_in_flight += bytes / 4;
+  b.current->open.push_back(Copy{off, static_cast<const unsigned char*>(src), bytes, src_bytes, file, line});
+}
+
+void cp_async_commit() {
+  Fiber& f = *block().current;
+  f.groups.push_back(std::move(f.open));
+  f.open.clear();
+}
+
+void cp_async_wait(int groups) {
+  Fiber& f = *block().current;
+  if (groups < 0) {
+    cp_async_commit();
+    groups = 0;
+  }
+  while (f.groups.size() > static_cast<size_t>(groups)) {
+    for (const Copy& c : f.groups.front()) perform(c);
+    f.groups.pop_front();
+  }
 }
 
 void syncthreads(const char* file, int line) {
@@ -398,6 +507,7 @@ void ldmatrix(const char* file, int line, int matrices, uint32_t* r, uint32_t ad
       fail(format("ldmatrix: row address %u (from lane %d) is not a 16-byte aligned row inside the %zu bytes of "
                   "shared memory",
                   row, 8 * m + lane / 4, b.smem_bytes));
+    check_not_in_flight("ldmatrix", file, line, row, 16);
     std::memcpy(&r[m], b.smem + row + 4 * (lane % 4), 4);
   }
   warp_arrive("ldmatrix (read)", file, line);

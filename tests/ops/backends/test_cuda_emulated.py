@@ -1,11 +1,11 @@
 """The cuda backend's kernels (csrc/cuda) on a machine without a GPU, under the CPU
 emulator (tests/harness/cuda_emulator), beyond the parity sweep that tests/ops/test_parity.py
 runs on it: every kernel path against reference.py in float64 with poisoned outputs
-(tensor-core and CUDA-core convolutions, 16-byte and element-wise staging, both tile
-shapes, the generic k, many items per block), guard bands around every buffer, NaN/inf
-placement on the tensor-core path, and bitwise-equal results whatever order the threads
-and blocks run in (a missing barrier shows as a difference). The emulator's own fault
-reports are checked on kernels with known faults.
+(tensor-core and CUDA-core convolutions, cp.async, transposed and element-wise staging,
+both tile shapes, the generic k, many items per block), guard bands around every buffer,
+NaN/inf placement on the tensor-core path, and bitwise-equal results whatever order the
+threads and blocks run in (a missing barrier shows as a difference) and whatever depth the
+pipeline has. The emulator's own fault reports are checked on kernels with known faults.
 
 What this cannot show: speed, and the tensor cores' own rounding; tests/ops/backends/test_cuda_gpu.py
 runs the same kernels on a GPU.
@@ -33,8 +33,8 @@ def check(training, **case):
 
 # --------------------------------------------------------------------------- every kernel path
 #
-# 16-bit dtypes with k in {3, 5, 7, 9}: tensor cores, else CUDA cores; other k: the generic
-# kernels. (The sweep runs k = 7 in every 16-bit dtype: test_activations_and_dtypes.)
+# 16-bit dtypes with k in {3, 5, 7, 9}: tensor cores (the weight gradient from k = 5), else
+# CUDA cores; other k: the generic kernels. (The sweep runs k = 7 in every 16-bit dtype: test_activations_and_dtypes.)
 # 32 x 32 tiles of 8 channels need H, W > 16 and enough blocks for two per multiprocessor:
 # emulating a GPU of one multiprocessor gets them at small sizes. W (NCHW) or C
 # (channels_last) a multiple of the 16-byte vector: 16-byte staging, else element-wise.
@@ -77,6 +77,37 @@ def test_many_items_per_block(emulated, emulator, layout, hw, k):
         check(training, n=20, c=8, h=hw, w=hw, k=k, dtype=torch.bfloat16, layout=layout)
 
 
+# The pipeline: with two shared buffers (launch.cuh's pipeline_stages) the next item's copies
+# are in flight while a block computes; with one, they follow its last barrier. The depth
+# depends on the device's shared memory, the arithmetic does not: an emulated A10 (100 KB per
+# multiprocessor) runs one buffer almost everywhere, an H100 (228 KB) two in every pass but
+# the dh pass, an A100 (164 KB) one in the grad_out passes and two in the rest, and all three
+# must give the same bits, in any thread order. One multiprocessor: 16 blocks are the target,
+# so 5 images x 7 channel groups of 8 (35 items at one per block) go 3 to a block, and each
+# buffer is filled, read and filled again. W and C are whole 16-byte vectors (cp.async in
+# NCHW, the landing buffer and the transposes in channels_last); k = 7 copies 8 bytes at a
+# time in 16-bit types and 4 in float32, k = 9 16. (Parity with the reference: the sweep,
+# and test_many_items_per_block.)
+
+
+@pytest.mark.parametrize("dtype,k", ((torch.bfloat16, 7), (torch.float32, 7), (torch.float32, 9)),
+                         ids=lambda v: str(v)[6:] if isinstance(v, torch.dtype) else str(v))
+@pytest.mark.parametrize("layout", ("nchw", "channels_last"))
+def test_pipeline_depth_and_order_give_the_same_bits(emulated, emulator, dtype, k, layout):
+    inputs = make_inputs(Case(n=5, c=56, h=17, w=24, k=k, dtype=dtype, layout=layout))
+    runs = [("a10", "ascending", 0), ("h100", "shuffled", 1), ("a100", "descending", 0)]
+    if dtype == torch.float32:
+        runs = runs[1:]  # float32's dh pass needs 125 KB with one buffer, past an A10's 99 KB
+    results = []
+    for device, order, seed in runs:
+        emulator.configure(multiprocessors=1, device=device, order=order, seed=seed)
+        results.append((device, run_block(inputs, training=True, backend=NAME, grads=True)))
+    (first_device, first), rest = results[0], results[1:]
+    for device, result in rest:
+        for name in OUTPUTS:
+            assert torch.equal(result[name], first[name]), f"{name}: {device} differs from {first_device}"
+
+
 # --------------------------------------------------------------------------- NaN, inf, races
 
 
@@ -95,6 +126,21 @@ def test_nan_and_inf_land_where_eager_puts_them(emulated, dtype, layout):
     args = (x, inputs.weight, inputs.bias, inputs.gamma, inputs.beta, inputs.running_mean, inputs.running_var)
     y = mixer_block(*args, training=False, backend=NAME)
     assert_nonfinite_as_in_reference(y, args, NAME)
+
+
+@pytest.mark.parametrize("layout", ("nchw", "channels_last"))
+def test_weight_gradient_nan_and_inf_land_where_eager_puts_them(emulated, emulator, layout):
+    # An inf at an image corner reaches only the taps whose window holds it (i, j <= pad):
+    # the others are finite in eager. The tensor-core weight gradient multiplies dh's zero
+    # margins by the inf too; such tasks are recomputed exactly. ReLU keeps dh finite.
+    emulator.configure(multiprocessors=1)  # 32 x 32 tiles: 2 channel groups of 8
+    inputs = make_inputs(Case(n=1, c=16, h=32, w=32, k=7, dtype=torch.bfloat16, layout=layout, activation="relu"))
+    inputs.x.detach()[0, 3, 0, 0] = float("inf")
+    out = run_block(inputs, training=False, backend=NAME, grads=True)["dweight"]
+    ref = run_block(inputs.to(dtype=torch.float64), training=False, backend=None, grads=True)["dweight"]
+    assert not ref[3].isfinite().all() and ref[3].isfinite().any()
+    assert torch.equal(out.isnan(), ref.isnan()), "NaN placement in dweight differs from the reference"
+    assert torch.equal(out.isinf(), ref.isinf()), "inf placement in dweight differs from the reference"
 
 
 @pytest.mark.parametrize("dtype", (torch.float32, torch.bfloat16), ids=lambda d: str(d)[6:])
@@ -144,6 +190,20 @@ def test_warp_shuffles(emulator):
     assert emulator.selftest("warp_sums").tolist() == [sum(range(32 * (t // 32), 32 * (t // 32 + 1))) for t in range(256)]
 
 
+def test_cp_async_copies_arrive_at_the_wait_with_their_zero_fill(emulator):
+    # thread t copies 4 (t % 4) words of source[4t, 4t + 4) (all 4 where t % 4 = 0), the rest
+    # zero-filled, and reads its neighbour's 4 after the wait and a barrier
+    source = [5 * i + 2 for i in range(4 * 256)]
+
+    def copied(u):
+        n = u % 4 or 4
+        return sum(source[4 * u: 4 * u + n])
+
+    for order in ("ascending", "descending", "shuffled"):
+        emulator.configure(order=order, seed=5)
+        assert emulator.selftest("cp_async_copy").tolist() == [copied((t + 1) % 256) for t in range(256)]
+
+
 @pytest.mark.parametrize("kernel,message", [
     ("divergent_barrier", r"__syncthreads at .*selftest.cpp:\d+ while other threads of the block wait at "
                           r"__syncthreads at .*selftest.cpp:\d+"),
@@ -151,6 +211,14 @@ def test_warp_shuffles(emulator):
     ("shared_overflow", r"wrote past the end of its 1024 bytes of dynamic shared memory"),
     ("partial_mask", r"full-warp collectives only"),
     ("big_smem", r"65536 bytes of dynamic shared memory, the kernel may use 49152"),
+    # wait_group 1 after two groups: the first group's copy has arrived, the second's not
+    ("cp_async_read_before_wait", r"shared-memory read at .*selftest.cpp:\d+ of shared-memory byte 4096, the "
+                                  r"destination of a cp.async of thread 0 \(issued at .*selftest.cpp:\d+\) not yet "
+                                  r"waited for"),
+    ("cp_async_outside", r"cp.async at .*selftest.cpp:\d+ to 16 bytes at .* outside the block's 1024 bytes of "
+                         r"shared memory"),
+    ("cp_async_never_waited", r"thread 0 ended with cp.async copies it never waited for \(the first issued at "
+                              r".*selftest.cpp:\d+\)"),
 ])
 def test_faults_are_reported(emulator, kernel, message):
     emulator.configure()

@@ -51,15 +51,42 @@ def test_cold_code_jumping_back_is_not_a_loop():
     assert [len(b) for b in blocks] == [1, 2, 2, 1, 2]
 
 
+def test_call_to_a_local_label_is_a_jump():
+    # ptxas leaves some loops by CALL.REL.NOINC to one of the function's labels (nothing
+    # returns); a call to a named subroutine (a division slow path) falls through
+    instrs = _listing("""
+        .L_x_1:
+        STG.E.128 [R2.64], R4 ;
+        @P1 CALL.REL.NOINC `(.L_x_2) ;
+        BRA `(.L_x_1) ;
+        .L_x_2:
+        CALL.REL.NOINC `($__internal_5_$__cuda_sm3x_div_rn_noftz_f32_slowpath) ;
+        EXIT ;
+    """)
+    blocks, succ = sass_report.basic_blocks(instrs)
+    assert [len(b) for b in blocks] == [2, 1, 2]
+    assert succ == [[2, 1], [0], []]
+    assert sass_report.natural_loops(succ) == {0: {0, 1}}
+
+
 def test_wavefronts_and_trips():
     assert sass_report.wavefronts("LDSM.16.M88.4") == 4
     assert sass_report.wavefronts("LDSM.16.M88.2") == 2
     assert sass_report.wavefronts("STS.128") == 4
     assert sass_report.wavefronts("LDS.U16") == 1
     assert sass_report.wavefronts("FFMA") == 0
-    # k = 7: 8 channels x 38 rows x 5 vectors = 1520 units, 1024 per round: two rounds for every warp
-    assert sass_report.staging_trips(7, "nchw", "stage_input") == 2
-    assert sass_report.staging_trips(7, "nchw", "move_tile") == 1
+    assert sass_report.wavefronts("LDGSTS.E.BYPASS.128") == 4
+    assert sass_report.wavefronts("LDGSTS.E.64") == 2
+    # k = 7, NCHW: 8 planes x 5 vectors = 40 (plane, vector) pairs, 6 threads to a pair, each on
+    # every 6th of the 38 rows (7 rows from rows 0 and 1, 6 from rows 2-5), copied 2 x 8 bytes
+    # at a time; a warp runs as long as its longest lane: warps 0-2 7 trips, 3-7 6
+    units = sass_report.lane_units(7, "nchw", "copy_box_async")
+    assert [units(t) for t in (0, 39, 40, 79, 80, 200, 239, 240, 255)] == [7, 7, 7, 7, 6, 6, 6, 0, 0]
+    assert sass_report.warp_trips(units, 1) == (3 * 7 + 5 * 6) / 8
+    assert sass_report.warp_trips(units, 4) == 1  # unrolled by 4: one trip, and 3 or 2 rows left
+    assert sass_report.warp_trips(units, 1, rest_of=4) == (3 * 3 + 5 * 2) / 8
+    # the result out, NCHW: 32 (plane, vector) pairs, 8 threads to a pair, 4 of the 32 rows each
+    assert sass_report.warp_trips(sass_report.lane_units(7, "nchw", "store_box"), 1) == 4
 
 
 def _have_tools():
