@@ -403,5 +403,7 @@ def write(out_dir=os.path.join(ROOT, "benchmarks", "results")):
 if __name__ == "__main__":
     if os.environ.get("TRITON_INTERPRET") == "1":
         raise SystemExit("roofline_static compiles a probe kernel: run it without TRITON_INTERPRET=1")
+    if len(sys.argv) > 2 or any(arg.startswith("-") for arg in sys.argv[1:]):
+        raise SystemExit(f"usage: python benchmarks/roofline_static.py [OUT_DIR]  (got {sys.argv[1:]})")
     for row in write(*sys.argv[1:2]):
         print(",".join(str(row[k]) for k in FIELDS))

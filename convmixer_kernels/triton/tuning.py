@@ -46,7 +46,12 @@ def tensor_cores_enabled() -> bool:
 
 def tensor_core_backward_enabled() -> bool:
     """Whether 16-bit backward passes run on tensor cores."""
-    return _tensor_core_setting() == "all"
+    if _tensor_core_setting() != "all":
+        return False
+    if not hasattr(triton.language, "gather"):  # pass 3b's diagonal sums (block_math.band_diagonals)
+        raise RuntimeError(f"{TENSOR_CORES_ENV}=all needs tl.gather, which triton {triton.__version__} lacks "
+                           "(install a triton that has it, or leave the backward on CUDA cores)")
+    return True
 
 
 def autotune_enabled() -> bool:

@@ -77,6 +77,16 @@ def test_backward_takes_tensor_cores_when_asked(monkeypatch, launched, switch, d
                for name in launched) == forward_on_tensor_cores
 
 
+def test_the_tensor_core_backward_asks_for_a_triton_with_gather(monkeypatch):
+    import triton
+
+    from convmixer_kernels.triton import tuning
+
+    monkeypatch.delattr(triton.language, "gather")
+    with pytest.raises(RuntimeError, match="needs tl.gather"):
+        tuning.tensor_core_backward_enabled()
+
+
 def test_an_unknown_tensor_core_setting_is_refused(monkeypatch):
     from convmixer_kernels.triton import tuning
 
