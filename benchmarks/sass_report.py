@@ -21,10 +21,16 @@ work item:
 Summed over a block's 8 warps and divided by the item's CB * TH * TW outputs, that is the
 instruction mix per output. With the hardware constants below it gives four floors for
 the shape (DRAM, issue slots, shared-memory wavefronts, tensor cores); the largest is the
-bound the code can at best reach. It is a static model: no latency, occupancy or
-bank-conflict effects (wavefronts assume conflict-free accesses), subroutine calls
-(division slow paths) are not followed, and code ptxas merges between activations counts
-for the one its line information names. Only a GPU measures the real time.
+bound the code can at best reach. It is a static model: no latency or occupancy effects,
+wavefronts from the SASS assume conflict-free accesses (the SASS has no addresses),
+subroutine calls (division slow paths) are not followed, and code ptxas merges between
+activations counts for the one its line information names. Only a GPU measures the real
+time.
+
+Host-side tables follow, from a host build of launch.cuh: the shared memory of every
+configuration and the pipeline depth on sm_90, sm_80 and sm_86/sm_89 devices; the tiles the
+planner takes per call on each; and the bank conflicts of the dh pass's weight-gradient
+scratch, counted from the addresses its own functions give every lane (`bank_wavefronts`).
 
     python benchmarks/sass_report.py --label before --out benchmarks/results/cuda_sass_report_before.md
 """
@@ -540,7 +546,7 @@ def arch_section(arch: str, src: Sources, smem: dict, tmp: str) -> list:
         if m:
             by_k[int(m.group(1))] = (name, instrs)
     lines = [f"## {arch}", ""]
-    per_sm = SMEM_PER_SM[arch]
+    per_sm = SMEM[arch][0]
     lines += header("kernel", "registers", "spill st/ld (B)", "stack (B)", "shared buffers",
                     "dynamic smem (B)", f"blocks/SM by registers, by smem ({per_sm // 1024} KB)", "static instructions")
     for _, k in KEY_SHAPES:
@@ -586,15 +592,17 @@ def report(label: str, archs) -> str:
         f"{nvcc_version()}); no GPU involved. Kernels: `{kernel_name(7)}` and the k = 9 one, the bf16 eval forward "
         f"of the key shapes (batch {N}, {H}x{W}). The layout is a runtime branch of the same kernel, so both layouts "
         "share the resource line and differ in the per-output mix. Per-output figures are warp instructions "
-        "(each issues once for 32 lanes) per output element; wavefronts assume no bank conflicts. See the module "
-        "docstring for the model and what it leaves out.",
+        "(each issues once for 32 lanes) per output element; their wavefronts assume no bank conflicts (the dh "
+        "scratch's, at the end, are counted from its addresses). See the module docstring for the model and what "
+        "it leaves out.",
         "",
     ]
     smem = smem_table()
     with tempfile.TemporaryDirectory() as tmp:
         for arch in archs:
             lines += arch_section(arch, src, smem, tmp)
-    lines += smem_section(smem)
+    lines += smem_section(smem, plan_table())
+    lines += dweight_section(dweight_scratch())
     lines += ["Hardware constants: " + "; ".join(f"{hw.name}: {hw.sms} SMs at {hw.ghz} GHz, {hw.note}"
                                                  for hw in HARDWARE) + ".", ""]
     return "\n".join(lines)
@@ -606,71 +614,186 @@ def nvcc_version() -> str:
     return m.group(1) if m else "?"
 
 
-SMEM_PER_SM = {"sm_90": 228 * 1024, "sm_80": 164 * 1024}
-SMEM_PER_BLOCK = {"sm_90": 227 * 1024, "sm_80": 163 * 1024}
+# The shared memory of the devices the tables plan for: per multiprocessor and the most one
+# block may opt into. sm_86 stands for sm_86 and sm_89 alike (A10, L4, RTX 30 and 40 series),
+# which run the sm_80 code.
+SMEM = {"sm_90": (228 * 1024, 227 * 1024), "sm_80": (164 * 1024, 163 * 1024), "sm_86": (100 * 1024, 99 * 1024)}
 MODES = {"apply": "kApply", "stats": "kStats", "grad_sums": "kGradSums", "grad_h": "kGradH", "grad_x": "kGradX"}
 TABLE_K = (3, 5, 7, 9)  # the templated kernel sizes
 GENERIC_K = (4, 31)    # the generic path's
+PLAN_K = (3, 5, 7, 9, 25, 26, 27, 28, 31)
+CALLS = {"eval": "kForwardEval", "train": "kForwardTrain", "backward": "kBackward"}
+
+
+def host_program(body: str) -> list:
+    """The output lines of a C++ program that includes launch.cuh, built on the host against
+    the emulator's CUDA headers (the kernels' own functions, not copies of them); the
+    emulator's runtime is not linked: only host-side arithmetic runs."""
+    head = ('#include <cstdio>\n#include "cuda/launch.cuh"\n'
+            "using namespace convmixer_kernels;\nusing namespace convmixer_kernels::cuda;\n")
+    with tempfile.TemporaryDirectory() as tmp:
+        src = os.path.join(tmp, "host.cpp")
+        with open(src, "w") as f:
+            f.write(head + body)
+        exe = os.path.join(tmp, "host")
+        cxx = shutil.which(os.environ.get("CXX", "g++")) or sys.exit("sass_report: no host C++ compiler")
+        subprocess.run([cxx, "-std=c++17", "-x", "c++", "-DCONVMIXER_KERNELS_CUDA_EMULATOR", "-I", CSRC,
+                        "-I", os.path.join(ROOT, "tests", "harness", "cuda_emulator", "include"), src, "-c", "-o",
+                        exe + ".o"], check=True)
+        subprocess.run([cxx, exe + ".o", "-o", exe], check=True)
+        return subprocess.run([exe], capture_output=True, text=True, check=True).stdout.splitlines()
+
+
+def budgets() -> str:
+    return ", ".join(f"SmemBudget{{{per_sm}, {per_block}, 1024}}" for per_sm, per_block in SMEM.values())
 
 
 def smem_table() -> dict:
     """{(dtype, tile, k, pass): {total1, total2, stages_<arch>, blocks_<arch>}}: the dynamic
     shared memory of every configuration with one and two buffers, and the depth and blocks
-    per multiprocessor launch.cuh's pipeline_stages gives it on each architecture, from a
-    host build of launch.cuh (the kernels' own functions, not copies of them)."""
+    per multiprocessor launch.cuh's pipeline_stages gives it on each device (blocks of
+    several items; 0 blocks: it cannot launch there, and the planner takes another tile)."""
     cases = []
     for dtype, t in (("16-bit", "__nv_bfloat16"), ("float32", "float")):
         for mode in MODES:
             for tile, cfg in (("wide", "CfgWide"), ("narrow", "CfgNarrow")):
                 cases += [(dtype, t, tile, cfg, k, k, mode) for k in TABLE_K]
             cases += [(dtype, t, "generic", "CfgGeneric", 0, k, mode) for k in GENERIC_K]
-    body = ['#include <cstdio>\n#include "cuda/launch.cuh"\nusing namespace convmixer_kernels::cuda;\n',
-            "template <typename T, int K, class Cfg, Mode M> void show(int k) {\n"
+    body = ["template <typename T, int K, class Cfg, Mode M> void show(int k) {\n"
             "  Plan p{}; p.K = K; p.TH = Cfg::TH; p.TW = Cfg::TW;\n"
             "  const InTile t = in_tile<T>(p, k, (k - 1) / 2);\n"
-            "  TileArgs a{}; a.rows = t.rows; a.pitch = t.pitch; a.k = k;\n"
+            "  TileArgs a{}; a.rows = t.rows; a.pitch = t.pitch; a.k = k; a.items_per_block = 8;\n"
             "  std::printf(\"%zu %zu\", SmemLayout<T, K, Cfg, M>(a.rows, a.pitch, k, 1).total,\n"
             "              SmemLayout<T, K, Cfg, M>(a.rows, a.pitch, k, 2).total);\n"
-            "  for (const SmemBudget b : {"
-            + ", ".join(f"SmemBudget{{{SMEM_PER_SM[a]}, {SMEM_PER_BLOCK[a]}, 1024}}" for a in SMEM_PER_SM) + "}) {\n"
+            f"  for (const SmemBudget b : {{{budgets()}}}) {{\n"
             "    const int s = pipeline_stages<T, K, Cfg, M>(a, b);\n"
             "    std::printf(\" %d %d\", s, blocks_per_sm(SmemLayout<T, K, Cfg, M>(a.rows, a.pitch, k, s).total, b));\n"
             "  }\n  std::printf(\"\\n\");\n}\nint main() {\n"]
     body += [f"  show<{t}, {K}, {cfg}, Mode::{MODES[mode]}>({k});\n" for _, t, _, cfg, K, k, mode in cases]
     body.append("}\n")
-    with tempfile.TemporaryDirectory() as tmp:
-        src = os.path.join(tmp, "smem.cpp")
-        with open(src, "w") as f:
-            f.write("".join(body))
-        exe = os.path.join(tmp, "smem")
-        cxx = shutil.which(os.environ.get("CXX", "g++")) or sys.exit("sass_report: no host C++ compiler")
-        subprocess.run([cxx, "-std=c++17", "-x", "c++", "-DCONVMIXER_KERNELS_CUDA_EMULATOR", "-I", CSRC,
-                        "-I", os.path.join(ROOT, "tests", "harness", "cuda_emulator", "include"), src, "-c", "-o", exe + ".o"], check=True)
-        # the emulator's runtime is not linked: only the host-side layout arithmetic runs
-        subprocess.run([cxx, exe + ".o", "-o", exe], check=True)
-        out = subprocess.run([exe], capture_output=True, text=True, check=True).stdout.split("\n")
+    out = host_program("".join(body))
     table = {}
     for (dtype, _, tile, _, _, k, mode), line in zip(cases, out):
         v = [int(x) for x in line.split()]
         entry = {"total1": v[0], "total2": v[1]}
-        for i, arch in enumerate(SMEM_PER_SM):
+        for i, arch in enumerate(SMEM):
             entry[f"stages_{arch}"], entry[f"blocks_{arch}"] = v[2 + 2 * i], v[3 + 2 * i]
         table[(dtype, tile, k, mode)] = entry
     return table
 
 
-def smem_section(smem: dict) -> list:
+def plan_table() -> dict:
+    """{(dtype, k, call): {arch: tile or the refusal}}: the tiles launch.cuh's plan_call takes on
+    each device for a call that prefers 32 x 32 tiles (batch 128, C = 768, 32 x 32, 132 SMs), or
+    the pass it refuses the call for, with its bytes."""
+    cases = [(dtype, t, k, call) for dtype, t in (("16-bit", "__nv_bfloat16"), ("float32", "float"))
+             for k in PLAN_K for call in CALLS]
+    body = ["template <typename T> void show(int k, Call call) {\n"
+            "  const Geometry g{128, 768, 32, 32, 768 * 1024, 1024, 32, 1, k};\n"
+            f"  for (const SmemBudget b : {{{budgets()}}}) {{\n"
+            "    const Plan p = plan_call<T>(g, call, 132, b);\n"
+            "    if (p.unfit_pass) std::printf(\"%s:%zu \", p.unfit_pass, p.unfit_bytes);\n"
+            "    else std::printf(\"%s \", p.cfg == CfgId::kWide ? \"wide\"\n"
+            "                     : p.cfg == CfgId::kNarrow ? \"narrow\" : \"generic\");\n"
+            "  }\n  std::printf(\"\\n\");\n}\nint main() {\n"]
+    body += [f"  show<{t}>({k}, Call::{CALLS[call]});\n" for _, t, k, call in cases]
+    body.append("}\n")
+    out = host_program("".join(body))
+    return {(dtype, k, call): dict(zip(SMEM, line.split())) for (dtype, _, k, call), line in zip(cases, out)}
+
+
+def smem_section(smem: dict, plans: dict) -> list:
+    devices = ", ".join(f"{arch} ({per_sm // 1024} KB per SM, {per_block // 1024} KB per block)"
+                        for arch, (per_sm, per_block) in SMEM.items())
     lines = ["## Shared memory and pipeline depth per configuration", "",
              "Dynamic shared memory per block with one and two buffers of the staged tiles (tile.cuh's SmemLayout), "
-             "and the buffers launch.cuh's pipeline_stages gives each on sm_90 (228 KB per SM) and sm_80 (164 KB), "
+             f"and the buffers launch.cuh's pipeline_stages gives each, for blocks of several items, on {devices}, "
              "with the blocks per SM that leaves (registers cap them at 2: `__launch_bounds__(256, 2)`; 1 KB per "
-             "block is reserved). Tiles: wide 32 x 32 x 8 channels, narrow 16 x 16 x 16, generic 16 x 16 x 8 (any "
-             "k); 16-bit: float16 and bfloat16 alike.", ""]
-    lines += header("dtype", "tile", "k", "pass", "1 buffer (KB)", "2 buffers (KB)", "sm_90: buffers, blocks/SM",
-                    "sm_80: buffers, blocks/SM")
+             "block is reserved; `-`: does not fit). Tiles: wide 32 x 32 x 8 channels, narrow 16 x 16 x 16, generic "
+             "16 x 16 x 8 (any k); 16-bit: float16 and bfloat16 alike. A block of one item always has one buffer.", ""]
+    lines += header("dtype", "tile", "k", "pass", "1 buffer (KB)", "2 buffers (KB)",
+                    *(f"{arch}: buffers, blocks/SM" for arch in SMEM))
     for (dtype, tile, k, mode), e in smem.items():
-        lines.append(row(dtype, tile, k, mode, f"{e['total1'] / 1024:.1f}", f"{e['total2'] / 1024:.1f}",
-                         f"{e['stages_sm_90']}, {e['blocks_sm_90']}", f"{e['stages_sm_80']}, {e['blocks_sm_80']}"))
+        cells = [f"{e[f'stages_{a}']}, {e[f'blocks_{a}']}" if e[f"blocks_{a}"] else "-" for a in SMEM]
+        lines.append(row(dtype, tile, k, mode, f"{e['total1'] / 1024:.1f}", f"{e['total2'] / 1024:.1f}", *cells))
+    lines += ["", "The tiles launch.cuh's plan_call takes for each call on each device where 32 x 32 tiles are "
+              "preferred (batch 128, C = 768, 32 x 32): the 32 x 32 tile (wide) unless one of the call's passes "
+              "does not fit it, then 16 x 16 (narrow); any other k the generic tile; where nothing fits, the pass "
+              "the call is refused for and the bytes it needs (with one buffer).", ""]
+    lines += header("dtype", "k", "call", *SMEM)
+    for (dtype, k, call), by_arch in plans.items():
+        lines.append(row(dtype, k, call, *(by_arch[a].replace(":", " needs ") + (" B" if ":" in by_arch[a] else "")
+                                           for a in SMEM)))
+    return lines + [""]
+
+
+def dweight_scratch() -> dict:
+    """{(tile, k): (per-lane byte addresses of each warp instruction, tasks per warp)}: one task's
+    shared-memory accesses of the tensor-core weight gradient's dh scratch (tile_dweight.cuh),
+    from its own address functions: the fragment stores of dweight_store_dh (a 32-bit pair into
+    copy 0, two 16-bit elements into copy 1) and the A loads of dweight_task_mma (32 bits,
+    kLoads per dh row)."""
+    body = ["template <int K, class Cfg> void show() {\n"
+            "  using M = DweightMma<K, Cfg::NB>;\n  using F = Frag<true, Cfg::NB>;\n"
+            "  constexpr int D = band_shift<__nv_bfloat16, K>();\n"
+            "  std::printf(\"task %d %d %d\\n\", Cfg::TW, K, Cfg::TPW);\n"
+            "  auto op = [](const char* kind, int bytes, auto elem) {\n"
+            "    std::printf(\"%s %d\", kind, bytes);\n"
+            "    for (int l = 0; l < 32; ++l) std::printf(\" %d\", 2 * elem(l));\n"
+            "    std::printf(\"\\n\");\n  };\n"
+            "  for (int e = 0; e < 4 * Cfg::NB; e += 2) {\n"
+            "    op(\"sts\", 4, [&](int l) { return M::at(0, F::row(e, l), F::col(e, l)); });\n"
+            "    for (int h = 0; h < 2; ++h)\n"
+            "      op(\"sts\", 2, [&](int l) { return M::at(1, F::row(e, l), F::col(e, l)) + h; });\n"
+            "  }\n"
+            "  for (int p = 0; p < 16; ++p)\n"
+            "    for (int u = 0; u < M::kLoads; ++u)\n"
+            "      op(\"lds\", 4, [&](int l) { return M::a_start(l, D) + p * M::kRow + 8 * u; });\n"
+            "}\nint main() {\n"]
+    body += [f"  show<{k}, {cfg}>();\n" for cfg in ("CfgWide", "CfgNarrow") for k in (5, 7, 9)]
+    body.append("}\n")
+    table, cur = {}, None
+    for line in host_program("".join(body)):
+        words = line.split()
+        if words[0] == "task":
+            tw, k, tpw = (int(w) for w in words[1:])
+            cur = table.setdefault(("wide" if tw == 32 else "narrow", k), ([], tpw))[0]
+        else:
+            cur.append((words[0], int(words[1]), [int(w) for w in words[2:]]))
+    return table
+
+
+def bank_wavefronts(addresses, width: int) -> int:
+    """Shared-memory wavefronts of one warp instruction whose lane l accesses `width` bytes at
+    byte address addresses[l]: each of the 32 banks (4-byte words, word w in bank w % 32)
+    serves one word per wavefront, lanes on the same word share it; 8- and 16-byte accesses
+    go a half and a quarter warp at a time."""
+    lanes = 32 // max(1, width // 4)
+    total = 0
+    for first in range(0, len(addresses), lanes):
+        words = collections.defaultdict(set)
+        for a in addresses[first:first + lanes]:
+            for w in range(a // 4, (a + width - 1) // 4 + 1):
+                words[w % 32].add(w)
+        total += max(len(ws) for ws in words.values())
+    return total
+
+
+def dweight_section(scratch: dict) -> list:
+    lines = ["## Bank conflicts of the weight gradient's dh scratch", "",
+             "The dh pass on tensor cores (16-bit, k >= 5) writes each task's dh rows into a per-warp scratch and "
+             "reads them back as MMA A operands (tile_dweight.cuh). Its instructions and wavefronts per item and "
+             "warp, counted from the addresses of every lane (`bank_wavefronts`; the SASS tables above assume "
+             "conflict-free accesses):", ""]
+    lines += header("tile", "k", "stores", "store wavefronts", "A loads", "A-load wavefronts", "conflict factor")
+    for (tile, k), (ops, tpw) in scratch.items():
+        count = collections.Counter()
+        for kind, width, addresses in ops:
+            count[kind] += tpw
+            count[kind + "_wave"] += tpw * bank_wavefronts(addresses, width)
+        total = count["sts"] + count["lds"]
+        lines.append(row(tile, k, count["sts"], count["sts_wave"], count["lds"], count["lds_wave"],
+                         f"{(count['sts_wave'] + count['lds_wave']) / total:.2f}"))
     return lines + [""]
 
 

@@ -14,6 +14,13 @@
 
 namespace convmixer_kernels {
 
+#ifdef CONVMIXER_KERNELS_WITH_CUDA
+// csrc/cuda/binding.cpp: why the cuda kernels cannot run a mixer block of kernel size k in
+// dtype ("float32", "float16", "bfloat16") on CUDA device `device` (its shared memory per
+// block), or "" where they can.
+std::string cuda_shared_memory_shortfall(int64_t device, const std::string& dtype, int64_t kernel_size);
+#endif
+
 TORCH_LIBRARY(convmixer_kernels, m) {
   // y = x + BN(act(dwconv(x) + bias)) with BN frozen at (running_mean, running_var).
   m.def(
@@ -55,6 +62,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "convmixer_kernels compiled kernels; the ops live in torch.ops.convmixer_kernels";
 #ifdef CONVMIXER_KERNELS_WITH_CUDA
   m.attr("cuda_compiled") = true;
+  m.def("cuda_shared_memory_shortfall", &convmixer_kernels::cuda_shared_memory_shortfall,
+        "Why the cuda kernels cannot run a block of kernel size k in a dtype on a device, or ''");
 #else
   m.attr("cuda_compiled") = false;
 #endif

@@ -17,7 +17,7 @@ inline int grad_h_rows(int k, bool batch_stats) { return k * k + 1 + (batch_stat
 template <typename T>
 size_t backward_workspace_bytes(const Geometry& g, bool batch_stats) {
   if (empty_problem(g)) return 0;
-  const Plan p = make_plan(g);
+  const Plan p = make_plan<T>(g, Call::kBackward);
   // the dh pass's rows; the sums pass before it reuses the space for its 2
   return static_cast<size_t>(p.slices) * grad_h_rows(g.kernel_size, batch_stats) * g.channels * sizeof(float);
 }
@@ -41,7 +41,8 @@ cudaError_t backward(const BackwardParams& bp, void* workspace, void* dh, cudaSt
     cudaMemsetAsync(dbeta, 0, sizeof(float) * C, stream);
     return cudaGetLastError();
   }
-  const Plan p = make_plan(g);
+  const Plan p = make_plan<T>(g, Call::kBackward);
+  if (p.unfit_pass) return cudaErrorInvalidValue;  // shared_memory_shortfall says why
   const int left = (k - 1) / 2;
   const InTile t = in_tile<T>(p, k, left);
   float* partial = static_cast<float*>(workspace);

@@ -40,6 +40,14 @@ void check_launch(cudaError_t err, const char* op) {
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
+// Refuses a call whose kernels cannot launch on the current device (a pass needs more
+// shared memory than a block may have), naming the pass and both sizes.
+template <typename T>
+void check_fits(const Geometry& g, cuda::Call call, const char* op) {
+  const std::string why = cuda::shared_memory_shortfall<T>(g, call);
+  TORCH_CHECK(why.empty(), op, ": ", why);
+}
+
 at::Tensor workspace(size_t bytes, const at::Tensor& x) {
   return at::empty({static_cast<int64_t>(bytes)}, x.options().dtype(at::kByte));
 }
@@ -56,6 +64,7 @@ at::Tensor forward_eval_cuda(const at::Tensor& x, const at::Tensor& weight, cons
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(x.device().index()).stream();
   dispatch_cuda_dtype(x, op, [&](auto tag) {
     using T = KernelType<decltype(tag)::value>;
+    check_fits<T>(call.params.g, cuda::Call::kForwardEval, op);
     check_launch(uses_channels_last_kernels(x) ? cuda::forward_eval<T, cuda::Layout::kChannelsLast>(call.params, stream)
                                   : cuda::forward_eval<T, cuda::Layout::kNCHW>(call.params, stream),
                  op);
@@ -75,6 +84,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_train_cuda(
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(x.device().index()).stream();
   dispatch_cuda_dtype(x, op, [&](auto tag) {
     using T = KernelType<decltype(tag)::value>;
+    check_fits<T>(call.params.g, cuda::Call::kForwardTrain, op);
     const at::Tensor ws = workspace(cuda::forward_train_workspace_bytes<T>(call.params.g), x);
     check_launch(uses_channels_last_kernels(x)
                      ? cuda::forward_train<T, cuda::Layout::kChannelsLast>(call.params, ws.data_ptr(), stream)
@@ -95,6 +105,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(x.device().index()).stream();
   dispatch_cuda_dtype(x, op, [&](auto tag) {
     using T = KernelType<decltype(tag)::value>;
+    check_fits<T>(call.params.g, cuda::Call::kBackward, op);
     const at::Tensor ws = workspace(cuda::backward_workspace_bytes<T>(call.params.g, batch_stats), x);
     at::Tensor dh = at::empty_like(x);  // x's strides: the kernels read it back with its halo
     check_launch(uses_channels_last_kernels(x) ? cuda::backward<T, cuda::Layout::kChannelsLast>(call.params, ws.data_ptr(),
@@ -107,6 +118,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_
 }
 
 }  // namespace
+
+std::string cuda_shared_memory_shortfall(int64_t device, const std::string& dtype, int64_t kernel_size) {
+  const c10::cuda::CUDAGuard guard(static_cast<c10::DeviceIndex>(device));
+  const int k = static_cast<int>(kernel_size);
+  if (dtype == "float32") return cuda::shared_memory_shortfall<float>(k);
+  if (dtype == "float16") return cuda::shared_memory_shortfall<__half>(k);
+  TORCH_CHECK(dtype == "bfloat16", "cuda_shared_memory_shortfall: the cuda kernels have no dtype ", dtype);
+  return cuda::shared_memory_shortfall<__nv_bfloat16>(k);
+}
 
 TORCH_LIBRARY_IMPL(convmixer_kernels, CUDA, m) {
   m.impl("_kernel_forward_eval", &forward_eval_cuda);

@@ -23,6 +23,7 @@ template <>
 struct Dtype<float> {
   using Bits = uint32_t;
   static constexpr bool kMma = false;
+  static constexpr const char* kName = "float32";
   static __device__ __forceinline__ float to_float(uint32_t b) { return __uint_as_float(b); }
   static __device__ __forceinline__ uint32_t from_float(float v) { return __float_as_uint(v); }
 };
@@ -31,6 +32,7 @@ template <>
 struct Dtype<__half> {
   using Bits = uint16_t;
   static constexpr bool kMma = true;
+  static constexpr const char* kName = "float16";
   static __device__ __forceinline__ float to_float(uint16_t b) { return __half2float(__ushort_as_half(b)); }
   static __device__ __forceinline__ uint16_t from_float(float v) { return __half_as_ushort(__float2half_rn(v)); }
 };
@@ -39,6 +41,7 @@ template <>
 struct Dtype<__nv_bfloat16> {
   using Bits = uint16_t;
   static constexpr bool kMma = true;
+  static constexpr const char* kName = "bfloat16";
   static __device__ __forceinline__ float to_float(uint16_t b) {
     return __bfloat162float(__ushort_as_bfloat16(b));
   }

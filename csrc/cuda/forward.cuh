@@ -10,7 +10,7 @@ namespace cuda {
 template <typename T>
 size_t forward_train_workspace_bytes(const Geometry& g) {
   if (empty_problem(g)) return 0;
-  const Plan p = make_plan(g);
+  const Plan p = make_plan<T>(g, Call::kForwardTrain);
   return static_cast<size_t>(p.slices) * 3 * g.channels * sizeof(float);
 }
 
@@ -29,7 +29,8 @@ template <typename T, Layout L>
 cudaError_t forward_eval(const ForwardParams& fp, cudaStream_t stream) {
   if (!dense_in(fp.g, L)) return cudaErrorInvalidValue;
   if (empty_problem(fp.g)) return cudaSuccess;
-  const Plan p = make_plan(fp.g);
+  const Plan p = make_plan<T>(fp.g, Call::kForwardEval);
+  if (p.unfit_pass) return cudaErrorInvalidValue;  // shared_memory_shortfall says why
   const InTile t = in_tile<T>(p, fp.g.kernel_size, (fp.g.kernel_size - 1) / 2);
   TileArgs a = forward_args<T>(p, t, fp, L);
   a.mean = static_cast<const float*>(fp.mean_in);
@@ -43,7 +44,8 @@ template <typename T, Layout L>
 cudaError_t forward_train(const ForwardParams& fp, void* workspace, cudaStream_t stream) {
   if (!dense_in(fp.g, L)) return cudaErrorInvalidValue;
   if (empty_problem(fp.g)) return cudaSuccess;
-  const Plan p = make_plan(fp.g);
+  const Plan p = make_plan<T>(fp.g, Call::kForwardTrain);
+  if (p.unfit_pass) return cudaErrorInvalidValue;  // shared_memory_shortfall says why
   // a slice's per-channel count must be exact in the kernels' float Welford (see common.cuh);
   // only beyond 65535 * 16384 tiles, far past any GPU's memory, would it not be
   if (static_cast<int64_t>(p.items_per_block) * p.TH * p.TW > (int64_t{1} << 24)) return cudaErrorInvalidValue;
@@ -70,6 +72,8 @@ cudaError_t forward_train(const ForwardParams& fp, void* workspace, cudaStream_t
 }
 
 #define CONVMIXER_CUDA_INSTANTIATE_FORWARD(T)                                                              \
+  template std::string shared_memory_shortfall<T>(const Geometry&, Call);                                  \
+  template std::string shared_memory_shortfall<T>(int);                                                   \
   template size_t forward_train_workspace_bytes<T>(const Geometry&);                                       \
   template cudaError_t forward_eval<T, Layout::kNCHW>(const ForwardParams&, cudaStream_t);                 \
   template cudaError_t forward_eval<T, Layout::kChannelsLast>(const ForwardParams&, cudaStream_t);         \

@@ -6,6 +6,8 @@
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
+#include <string>
+#include <type_traits>
 
 #include "../mixer_block_params.h"
 #include "mixer_block_cuda.h"
@@ -27,6 +29,10 @@ struct Plan {
   int K;  // template kernel size, 0 for the generic path
   int CB, TH, TW;
   int tiles_h, tiles_w, items, num_cg, items_per_block, slices;
+  // A pass that cannot launch on the device (no tile shape fits all of the call's passes):
+  // its name and shared memory per block, against the most a block may have; else nullptr.
+  const char* unfit_pass;
+  size_t unfit_bytes, limit;
 };
 
 inline int ceil_div(int64_t a, int64_t b) { return static_cast<int>((a + b - 1) / b); }
@@ -49,31 +55,6 @@ void set_shape(Plan& p, CfgId id, const Geometry& g) {
   p.tiles_w = ceil_div(g.width, p.TW);
   p.items = static_cast<int>(g.batch * p.tiles_h * p.tiles_w);
   p.num_cg = ceil_div(g.channels, p.CB);
-}
-
-inline Plan make_plan(const Geometry& g) {
-  Plan p;
-  const int k = g.kernel_size;
-  const int sms = multiprocessors();
-  p.K = templated_k(k) ? k : 0;
-  if (!p.K) {
-    set_shape<CfgGeneric>(p, CfgId::kGeneric, g);
-  } else {
-    set_shape<CfgWide>(p, CfgId::kWide, g);
-    // Small images, or too few 32 x 32 tiles to give every multiprocessor two blocks
-    // (batch 1): 16 x 16 tiles, four times as many blocks.
-    if (g.height <= 16 || g.width <= 16 || static_cast<int64_t>(p.items) * p.num_cg < 2LL * sms)
-      set_shape<CfgNarrow>(p, CfgId::kNarrow, g);
-  }
-  // About 16 blocks per multiprocessor (8 waves of 2 resident blocks) so the last wave is
-  // a small tail at any batch; up to 8 items per block amortize its setup (filters,
-  // per-channel constants) at large batch. gridDim.y is limited to 65535.
-  const int64_t target = 16LL * sms;
-  const int64_t blocks_at_one = static_cast<int64_t>(p.items) * p.num_cg;
-  p.items_per_block = static_cast<int>(std::min<int64_t>(8, std::max<int64_t>(1, (blocks_at_one + target - 1) / target)));
-  p.items_per_block = std::max(p.items_per_block, ceil_div(p.items, 65535));
-  p.slices = ceil_div(p.items, p.items_per_block);
-  return p;
 }
 
 // The input tile of one conv of the call: rows, pitch and leading columns, for the
@@ -193,14 +174,132 @@ inline int blocks_per_sm(size_t bytes, const SmemBudget& b) {
   return static_cast<int>(std::min<size_t>(kMinBlocksPerSm, b.per_sm / (bytes + b.reserved)));
 }
 
-// The pipeline's depth (tile.cuh): two buffers where they keep as many blocks per
-// multiprocessor as one would, else one. The largest, with bf16 32 x 32 tiles of 8
-// channels at k = 9: eval 45 -> 70 KB (two blocks on sm_80 and sm_90 alike); the backward's
-// grad_out passes 45 -> 90 KB (two on sm_90, one buffer on sm_80); its dh pass 95 KB with
-// one buffer keeps two blocks on sm_90 but 140 KB with two would not, so it keeps one there,
-// while sm_80 fits only one block either way and takes two buffers.
+// Calls f(std::integral_constant<int, K>{}, Cfg{}) with the compiled kernel size (0: the
+// generic path) and tile shape of plan p.
+template <class F>
+decltype(auto) with_config(const Plan& p, F&& f) {
+  const auto shape = [&](auto kc) -> decltype(auto) {
+    return p.cfg == CfgId::kWide ? f(kc, CfgWide{}) : f(kc, CfgNarrow{});
+  };
+  switch (p.K) {
+    case 3: return shape(std::integral_constant<int, 3>{});
+    case 5: return shape(std::integral_constant<int, 5>{});
+    case 7: return shape(std::integral_constant<int, 7>{});
+    case 9: return shape(std::integral_constant<int, 9>{});
+    default: return f(std::integral_constant<int, 0>{}, CfgGeneric{});
+  }
+}
+
+// The dynamic shared memory of a pass of plan p with one buffer (`pad` zero columns
+// before its input: the transposed conv of grad_x mirrors the forward's).
+template <typename T, Mode MODE>
+size_t pass_smem(const Plan& p, int k, int pad) {
+  const InTile t = in_tile<T>(p, k, pad);
+  return with_config(p, [&](auto kc, auto cfg) {
+    return SmemLayout<T, decltype(kc)::value, decltype(cfg), MODE>(t.rows, t.pitch, k, 1).total;
+  });
+}
+
+inline const char* call_name(Call call) {
+  return call == Call::kForwardEval ? "eval forward" : call == Call::kForwardTrain ? "training forward" : "backward";
+}
+
+// The first pass of `call` that cannot launch on plan p's tiles even with one buffer (more
+// shared memory than a block may have): p with unfit_pass and unfit_bytes set, else p.
+template <typename T>
+Plan check_fit(Plan p, int k, Call call, const SmemBudget& b) {
+  const int left = (k - 1) / 2;
+  struct Need {
+    const char* pass;
+    size_t bytes;
+  };
+  Need needs[3];
+  int n = 0;
+  if (call == Call::kForwardTrain) needs[n++] = {"stats", pass_smem<T, Mode::kStats>(p, k, left)};
+  if (call != Call::kBackward) needs[n++] = {"apply", pass_smem<T, Mode::kApply>(p, k, left)};
+  if (call == Call::kBackward) {
+    needs[n++] = {"grad_sums", pass_smem<T, Mode::kGradSums>(p, k, left)};
+    needs[n++] = {"grad_h", pass_smem<T, Mode::kGradH>(p, k, left)};
+    needs[n++] = {"grad_x", pass_smem<T, Mode::kGradX>(p, k, k - 1 - left)};
+  }
+  p.unfit_pass = nullptr, p.unfit_bytes = 0, p.limit = static_cast<size_t>(b.per_block);
+  for (int i = 0; i < n && !p.unfit_pass; ++i)
+    if (blocks_per_sm(needs[i].bytes, b) == 0) p.unfit_pass = needs[i].pass, p.unfit_bytes = needs[i].bytes;
+  return p;
+}
+
+// How a call is cut into blocks on a device of `sms` multiprocessors and shared memory `b`.
+// The tile shape: 32 x 32 tiles of 8 channels where there are enough of them, else 16 x 16
+// of 16; the other of the two where the first cannot launch one of the call's passes even
+// with one buffer (float32's 32 x 32 grad_h pass needs up to 129 KB, past the 99 KB a block
+// has on sm_86 and sm_89). The generic path has one shape: where it does not fit, the plan
+// names the pass (unfit_pass), and the launchers refuse the call before launching anything.
+template <typename T>
+Plan plan_call(const Geometry& g, Call call, int sms, const SmemBudget& b) {
+  Plan p{};
+  const int k = g.kernel_size;
+  p.K = templated_k(k) ? k : 0;
+  if (!p.K) {
+    set_shape<CfgGeneric>(p, CfgId::kGeneric, g);
+    p = check_fit<T>(p, k, call, b);
+  } else {
+    set_shape<CfgWide>(p, CfgId::kWide, g);
+    // Small images, or too few 32 x 32 tiles to give every multiprocessor two blocks
+    // (batch 1): 16 x 16 tiles, four times as many blocks.
+    Plan narrow = p;
+    set_shape<CfgNarrow>(narrow, CfgId::kNarrow, g);
+    const bool prefer_narrow = g.height <= 16 || g.width <= 16 || static_cast<int64_t>(p.items) * p.num_cg < 2LL * sms;
+    const Plan first = check_fit<T>(prefer_narrow ? narrow : p, k, call, b);
+    p = first.unfit_pass ? check_fit<T>(prefer_narrow ? p : narrow, k, call, b) : first;
+    if (p.unfit_pass) p = first;  // neither fits: report the preferred shape's pass
+  }
+  // About 16 blocks per multiprocessor (8 waves of 2 resident blocks) so the last wave is
+  // a small tail at any batch; up to 8 items per block amortize its setup (filters,
+  // per-channel constants) at large batch. gridDim.y is limited to 65535.
+  const int64_t target = 16LL * sms;
+  const int64_t blocks_at_one = static_cast<int64_t>(p.items) * p.num_cg;
+  p.items_per_block = static_cast<int>(std::min<int64_t>(8, std::max<int64_t>(1, (blocks_at_one + target - 1) / target)));
+  p.items_per_block = std::max(p.items_per_block, ceil_div(p.items, 65535));
+  p.slices = ceil_div(p.items, p.items_per_block);
+  return p;
+}
+
+// The plan of a call on the current device; every launch of the call and the workspace
+// size computed before them use it.
+template <typename T>
+Plan make_plan(const Geometry& g, Call call) {
+  return plan_call<T>(g, call, multiprocessors(), smem_budget());
+}
+
+template <typename T>
+std::string shared_memory_shortfall(const Geometry& g, Call call) {
+  if (empty_problem(g)) return {};
+  const Plan p = make_plan<T>(g, call);
+  if (!p.unfit_pass) return {};
+  return std::string("the ") + call_name(call) + "'s " + p.unfit_pass + " pass needs " + std::to_string(p.unfit_bytes) +
+         " bytes of shared memory per block for " + Dtype<T>::kName + " at k = " + std::to_string(g.kernel_size) +
+         " (tiles of " + std::to_string(p.TH) + " x " + std::to_string(p.TW) + " x " + std::to_string(p.CB) +
+         " channels), more than the " + std::to_string(p.limit) + " bytes a block may have on this GPU";
+}
+
+template <typename T>
+std::string shared_memory_shortfall(int kernel_size) {
+  // one pixel: the shape decides only which tile shape the planner tries first
+  const Geometry g{1, 1, 1, 1, 1, 1, 1, 1, kernel_size};
+  std::string why = shared_memory_shortfall<T>(g, Call::kForwardTrain);
+  return why.empty() ? shared_memory_shortfall<T>(g, Call::kBackward) : why;
+}
+
+// The pipeline's depth (tile.cuh): two buffers where a block has more than one item and
+// they keep as many blocks per multiprocessor as one would, else one (plan_call has made
+// sure that one fits). The largest, with bf16 32 x 32 tiles of 8 channels at k = 9: eval
+// 45 -> 70 KB (two blocks on sm_80 and sm_90 alike); the backward's grad_out passes
+// 45 -> 90 KB (two on sm_90, one buffer on sm_80); its grad_h pass 92 KB with one buffer
+// keeps two blocks on sm_90 but 137 KB with two would not, so it keeps one there, while
+// sm_80 fits only one block either way and takes two buffers.
 template <typename T, int K, class Cfg, Mode MODE>
 int pipeline_stages(const TileArgs& a, const SmemBudget& b) {
+  if (a.items_per_block <= 1) return 1;  // nothing to overlap, and channels_last needs no landing buffer
   using Smem = SmemLayout<T, K, Cfg, MODE>;
   const int one = blocks_per_sm(Smem(a.rows, a.pitch, a.k, 1).total, b);
   const int two = blocks_per_sm(Smem(a.rows, a.pitch, a.k, 2).total, b);
@@ -221,21 +320,11 @@ cudaError_t launch_tile(const TileArgs& args, const Plan& p, cudaStream_t stream
   return launch_kernel(kernel, dim3(p.num_cg, p.slices), dim3(kThreads), smem, stream, a);
 }
 
-template <typename T, int K, Mode MODE>
-cudaError_t launch_shape(const TileArgs& a, const Plan& p, cudaStream_t stream) {
-  return p.cfg == CfgId::kWide ? launch_tile<T, K, CfgWide, MODE>(a, p, stream)
-                               : launch_tile<T, K, CfgNarrow, MODE>(a, p, stream);
-}
-
 template <typename T, Mode MODE>
 cudaError_t run_tile(const TileArgs& a, const Plan& p, cudaStream_t stream) {
-  switch (p.K) {
-    case 3: return launch_shape<T, 3, MODE>(a, p, stream);
-    case 5: return launch_shape<T, 5, MODE>(a, p, stream);
-    case 7: return launch_shape<T, 7, MODE>(a, p, stream);
-    case 9: return launch_shape<T, 9, MODE>(a, p, stream);
-    default: return launch_tile<T, 0, CfgGeneric, MODE>(a, p, stream);
-  }
+  return with_config(p, [&](auto kc, auto cfg) {
+    return launch_tile<T, decltype(kc)::value, decltype(cfg), MODE>(a, p, stream);
+  });
 }
 
 // reduce.cu: the ordered second stage of every reduction.

@@ -9,7 +9,9 @@
 // launchers check the strides of the Geometry against it.
 //
 // Each launcher returns the first CUDA error of its launches (cudaGetLastError after each
-// one), or cudaErrorInvalidValue for a geometry it was not built for.
+// one), or cudaErrorInvalidValue, before launching anything, for a geometry it was not
+// built for or a call whose kernels need more shared memory than the device gives a block
+// (shared_memory_shortfall says which).
 #pragma once
 
 #include <cuda_bf16.h>
@@ -17,6 +19,7 @@
 #include <cuda_runtime.h>
 
 #include <cstddef>
+#include <string>
 
 #include "../mixer_block_params.h"
 
@@ -24,6 +27,22 @@ namespace convmixer_kernels {
 namespace cuda {
 
 enum class Layout { kNCHW, kChannelsLast };
+
+// The launchers, each a sequence of passes: forward_eval (apply), forward_train (stats,
+// apply) and backward (grad_sums, grad_h, grad_x).
+enum class Call { kForwardEval, kForwardTrain, kBackward };
+
+// Why the passes of `call` on `g` cannot launch on the current device: the pass whose
+// shared memory per block, on the smallest tiles it has, exceeds the device's limit, with
+// both figures; empty where the call can run. Devices under 128 KB per block (sm_86,
+// sm_89, sm_120: 99 KB) cannot run float32 at the largest generic kernel sizes.
+template <typename T>
+std::string shared_memory_shortfall(const Geometry& g, Call call);
+
+// The same for a mixer block of kernel size k as a whole, any shape: its forward in either
+// mode and its backward (a backend chosen for the forward runs the backward too).
+template <typename T>
+std::string shared_memory_shortfall(int kernel_size);
 
 // Bytes of the float workspace the training forward needs (per-tile Welford partials),
 // for the current device. The binding allocates it on that device and passes it in.

@@ -26,9 +26,14 @@
 // before item i computes from the other, and item i waits only for its own group.
 // channels_last keeps the planes in buffer 0 and lands the next item's raw pixels in
 // buffer 1 by cp.async, transposing them into the planes once item i is done with them.
-// With one buffer (launch.cuh chooses, keeping two blocks per multiprocessor) item i + 1 is
-// staged after item i's last barrier. Per item: wait -> barrier -> (channels_last:
-// transpose -> barrier ->) compute -> barrier -> store -> barrier.
+// With one buffer (launch.cuh chooses it where two would cost blocks per multiprocessor, or
+// a block has one item) item i + 1 is staged after item i's last barrier, channels_last
+// transposing from global memory as it stages. Per item, NCHW or one buffer: stage (the
+// copies of item i + 1 with two buffers, of item i with one) -> wait (item i's) -> barrier
+// -> compute -> barrier -> store -> barrier; with the landing buffer: stage (item i + 1's
+// raw pixels) -> compute -> barrier -> store -> barrier -> wait -> barrier -> transpose
+// (item i + 1) -> barrier. The passes that write no tile (stats, grad_sums) skip the store
+// and the barrier before it.
 //
 // The banded MMA multiplies the zeros of the band by the inputs beside the window, so an
 // inf there would turn into NaN where eager gives a finite value. A task whose
@@ -177,7 +182,8 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) tile_kernel(const T
   uint32_t* s_band = reinterpret_cast<uint32_t*>(smem + layout.band);
 
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  Bits* s_dw = reinterpret_cast<Bits*>(smem + layout.dh) + warp * DwMma::kWarpElems;  // kDwMma: the warp's
+  // the warp's dh scratch of the tensor-core weight gradient (tile_dweight.cuh)
+  Bits* const s_dw = kDwMma ? reinterpret_cast<Bits*>(smem + layout.dh) + warp * DwMma::kWarpElems : nullptr;
   const int c0 = blockIdx.x * CB;
   const int slice = blockIdx.y;
   const int item_begin = slice * a.items_per_block;

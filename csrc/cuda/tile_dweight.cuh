@@ -99,12 +99,32 @@ template <int K, int NB>
 struct DweightMma {
   static constexpr int kTW = 8 * NB;
   static constexpr int kNT = K > 8 ? 2 : 1;  // tiles of 8 row shifts i
-  // zeros before a dh row's first element: pairs start from c = -15 - d (d <= 4), at an even
-  // element; and after it: pairs reach c = kTW + 7 - d
+  static constexpr int kSteps = (kTW + 8) / 16;  // whole steps of 16 columns per dh row; then one of 8
+  static constexpr int kLoads = 2 * kSteps + 2;  // A loads per dh row and lane
+  // dh[row][c] of the warp's task is element at(q, row, c) of its scratch in copy q (1: one
+  // element further, so that the pairs at odd c are aligned), between zeros. A lane's pairs
+  // start from c = -15 - d (d = band_shift <= 4) and reach c = kTW + 7 - d, so row r reads
+  // elements kLeft - 19 .. kLeft + kTW + 8 past r * kRow of its copy.
   static constexpr int kLeft = 20;
-  static constexpr int kRow = (kLeft + 1 + kTW + 9 + 7) / 8 * 8;  // elements per row of a copy
-  static constexpr int kCopy = 16 * kRow;                         // one copy of a task's dh rows
-  static constexpr int kWarpElems = 2 * kCopy;                    // a warp's scratch: both copies
+  // Rows share their zero margins: with kRow >= kTW + 19 each row's data lies past the
+  // previous row's reads, and its reads past the previous row's data. An odd number of
+  // 16-byte chunks per row puts the 8 rows of one fragment store (a row per lane group g)
+  // on 8 distinct groups of 4 banks, so a store is one wavefront (rows of 64 elements put
+  // all 8 on the same banks: 8 wavefronts).
+  static constexpr int kRow = ((kTW + 19 + 7) / 8 | 1) * 8;
+  static constexpr int kSpan = 15 * kRow + kLeft + kTW + 9;  // elements a copy's 16 rows read
+  // Copy 1 starts 16 banks after copy 0 (32 elements mod 64): an A load reads 7 words of each
+  // copy (the lanes of even g one copy, of odd g the other), at the same offsets in both.
+  static constexpr int kOdd = (kSpan + 31) / 64 * 64 + 32;
+  static constexpr int kWarpElems = (kOdd + kSpan + 7) / 8 * 8;  // a warp's scratch, whole 16 bytes
+  static __host__ __device__ constexpr int at(int q, int row, int c) { return q * kOdd + row * kRow + kLeft + q + c; }
+  // Where the lane's A pairs of the task's first dh row start: at c = 2 t - g - d - 8, in the
+  // copy that has it at an even element; pair u (< kLoads) of row p is 8 u + p kRow further.
+  static __host__ __device__ constexpr int a_start(int lane, int d) {
+    const int c0 = 2 * (lane & 3) - (lane >> 2) - d - 8;
+    return at(c0 & 1, 0, c0);
+  }
+  static_assert(kLeft >= 19 && kLeft % 2 == 0, "row 0's reads start at kLeft - 19; pairs at even elements");
 };
 
 // dh[row][col], dh[row][col + 1] (col even) of the warp's task into both copies.
@@ -112,9 +132,8 @@ template <typename T, int K, int NB>
 __device__ __forceinline__ void dweight_store_dh(typename Dtype<T>::Bits* scratch, int row, int col, float dh0,
                                                  float dh1) {
   using M = DweightMma<K, NB>;
-  typename Dtype<T>::Bits* even = scratch + row * M::kRow + M::kLeft + col;
-  store_pair<T>(even, dh0, dh1);
-  typename Dtype<T>::Bits* odd = even + M::kCopy + 1;
+  store_pair<T>(scratch + M::at(0, row, col), dh0, dh1);
+  typename Dtype<T>::Bits* odd = scratch + M::at(1, row, col);
   odd[0] = Dtype<T>::from_float(dh0);
   odd[1] = Dtype<T>::from_float(dh1);
 }
@@ -139,7 +158,7 @@ __device__ __forceinline__ void dweight_exact(const uint16_t* plane, const uint1
         for (int p = 0; p < 16; ++p)
 #pragma unroll 1
           for (int col = 0; col < M::kTW; ++col)
-            s = fmaf(Dtype<T>::to_float(ld_shared(scratch + p * M::kRow + M::kLeft + col)),
+            s = fmaf(Dtype<T>::to_float(ld_shared(scratch + M::at(0, p, col))),
                      Dtype<T>::to_float(ld_shared(plane + (strip * 16 + p + i) * kPitch + col + j + D)), s);
       }
       d[nt][r] = s;
@@ -154,13 +173,9 @@ __device__ __forceinline__ void dweight_task_mma(const uint16_t* plane, const ui
   using M = DweightMma<K, NB>;
   constexpr int kPitch = 8 * NB + 8, D = band_shift<T, K>(), NT = M::kNT;
   static_assert(M::kTW + 8 == 40 || M::kTW + 8 == 24, "steps of 16, 16 and 8 columns cover a 40- or 24-wide row");
-  constexpr int kSteps = (M::kTW + 8) / 16;  // whole steps of 16 columns; then one of 8
+  constexpr int kSteps = M::kSteps;
   const int g = lane >> 2, t = lane & 3;
-  // A: the lane's pairs start at c = c0 + 8u, u = 0 .. 2 kSteps + 1, in the copy where
-  // kLeft + q + c is even
-  const int c0 = 2 * t - g - D - 8;
-  const int q = c0 & 1;
-  const uint32_t* a_row = reinterpret_cast<const uint32_t*>(scratch + q * M::kCopy + M::kLeft + q + c0);
+  const uint32_t* a_row = reinterpret_cast<const uint32_t*>(scratch + M::a_start(lane, D));
   // B: ldmatrix rows are x rows strip * 16 + p + i, i the lane's row shift, clamped (shifts
   // past k feed only dropped outputs). x4: NT = 2 [tile][half of 16 columns], NT = 1
   // [step][half] (x2: one step's halves); x2 of the last 8 columns: [tile]
@@ -176,9 +191,9 @@ __device__ __forceinline__ void dweight_task_mma(const uint16_t* plane, const ui
     for (int r = 0; r < 4; ++r) td[nt][r] = 0.0f;
 #pragma unroll 4
   for (int p = 0; p < 16; ++p) {
-    uint32_t w[2 * kSteps + 2];
+    uint32_t w[M::kLoads];
 #pragma unroll
-    for (int u = 0; u < 2 * kSteps + 2; ++u) w[u] = ld_shared(a_row + (p * M::kRow) / 2 + 4 * u);
+    for (int u = 0; u < M::kLoads; ++u) w[u] = ld_shared(a_row + (p * M::kRow) / 2 + 4 * u);
     const uint32_t row = p * kPitch * 2;
 #pragma unroll
     for (int s = 0; s < kSteps; ++s) {

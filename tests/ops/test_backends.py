@@ -32,6 +32,33 @@ def test_declarations_give_the_reasons():
     assert "kernel sizes 1..7, not 9" in b.why_not_kernel_size(9)
 
 
+def test_cuda_backend_asks_the_extension_about_the_devices_shared_memory(monkeypatch):
+    # csrc/cuda/binding.cpp's cuda_shared_memory_shortfall, once per (device, dtype, k); the
+    # emulated kernels run the real one (tests/ops/backends/test_cuda_emulated.py)
+    from convmixer_kernels import _extension
+    from convmixer_kernels.ops.backends import cuda
+
+    asked = []
+
+    class Extension:
+        @staticmethod
+        def cuda_shared_memory_shortfall(device, dtype, k):
+            asked.append((device, dtype, k))
+            return "the backward's grad_h pass needs too much" if (dtype, k) == ("float32", 31) else ""
+
+    monkeypatch.setattr(_extension, "load", lambda: Extension)
+    cuda._shared_memory_shortfall.cache_clear()
+    try:
+        b = backends.get_backend("cuda")
+        dev = torch.device("cuda", 1)
+        assert b.why_not_on_device(dev, torch.float32, 31) == "the backward's grad_h pass needs too much"
+        assert b.why_not_on_device(dev, torch.float32, 31) == "the backward's grad_h pass needs too much"
+        assert b.why_not_on_device(dev, torch.bfloat16, 31) is None
+        assert asked == [(1, "float32", 31), (1, "bfloat16", 31)]
+    finally:
+        cuda._shared_memory_shortfall.cache_clear()
+
+
 def test_register_backend_and_by_name_errors():
     with pytest.raises(ValueError, match="already registered"):
         backends.register_backend(backends.get_backend("cpu"))

@@ -73,7 +73,7 @@ def why_unavailable(name: str, device: torch.device, dtype: torch.dtype, synced:
     backend = get_backend(name)
     reason = backend.why_unavailable(device, dtype)
     if reason is None and kernel_size is not None:
-        reason = backend.why_not_kernel_size(kernel_size)
+        reason = backend.why_not_kernel_size(kernel_size) or backend.why_not_on_device(device, dtype, kernel_size)
     if reason is None and synced:
         reason = backend.why_no_sync()
     return reason

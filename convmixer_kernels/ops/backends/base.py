@@ -65,6 +65,12 @@ class Backend:
         """None if the backend runs synchronized BatchNorm's pieces, else why not."""
         return None
 
+    def why_not_on_device(self, device: torch.device, dtype: torch.dtype, kernel_size: int) -> Optional[str]:
+        """What `device` lacks for a block of this kernel size in `dtype`, forward and
+        backward (the cuda kernels' shared memory per block), or None; asked only where
+        why_unavailable(device, dtype) is None."""
+        return None
+
     def why_not_kernel_size(self, kernel_size: int) -> Optional[str]:
         if kernel_size in self.KERNEL_SIZES:
             return None

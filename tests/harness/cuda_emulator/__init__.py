@@ -124,6 +124,8 @@ class Emulator:
         p, i64p, i, d = ctypes.c_void_p, ctypes.POINTER(ctypes.c_int64), ctypes.c_int, ctypes.c_double
         self.lib.cme_configure.argtypes = [i, i, ctypes.c_int64, ctypes.c_int64, i, ctypes.c_uint64]
         self.lib.cme_last_error.restype = ctypes.c_char_p
+        self.lib.cme_shared_memory_shortfall.argtypes = [i, i]
+        self.lib.cme_shared_memory_shortfall.restype = ctypes.c_char_p
         self.lib.cme_forward_train_workspace.argtypes = [i, i64p, i]
         self.lib.cme_forward_train_workspace.restype = ctypes.c_int64
         self.lib.cme_backward_workspace.argtypes = [i, i64p, i, i]
@@ -143,6 +145,11 @@ class Emulator:
         in a grid."""
         per_sm, optin = DEVICES[device]
         self.lib.cme_configure(list(DEVICES).index(device), multiprocessors, per_sm, optin, ORDERS[order], seed)
+
+    def shared_memory_shortfall(self, dtype: torch.dtype, kernel_size: int) -> str:
+        """Why the kernels cannot run a block of this kernel size in `dtype` on the emulated
+        device (a pass needs more shared memory per block than it has), or ""."""
+        return self.lib.cme_shared_memory_shortfall(DTYPE_CODES[dtype], kernel_size).decode()
 
     def selftest(self, name: str) -> torch.Tensor:
         """Runs one of selftest.cpp's fault kernels; its 256 outputs."""
@@ -233,6 +240,9 @@ class EmulatedCudaBackend(Backend):
 
     def why_no_sync(self) -> Optional[str]:
         return "the emulated cuda kernels run the statistics and apply passes as one call"
+
+    def why_not_on_device(self, device, dtype, kernel_size) -> Optional[str]:
+        return self.emu.shared_memory_shortfall(dtype, kernel_size) or None
 
     def forward_eval(self, x, weight, bias, gamma, beta, running_mean, running_var, eps, activation):
         g = _Guarded()

@@ -40,10 +40,26 @@ void with_dtype(int dtype, F&& f) {
   }
 }
 
+std::string g_refusal;  // why `checked` refused the call now finishing
+
 int finish(cudaError_t err) {
   const std::string message = cuda_emu::take_message();
-  g_error = err == cudaSuccess ? "" : std::string(cudaGetErrorString(err)) + ": " + message;
+  if (err == cudaSuccess) {
+    g_error.clear();
+  } else {
+    g_error = g_refusal.empty() ? std::string(cudaGetErrorString(err)) + ": " + message : g_refusal;
+  }
+  g_refusal.clear();
   return static_cast<int>(err);
+}
+
+// A launcher's call, refused first, as csrc/cuda/binding.cpp refuses it, where its kernels
+// need more shared memory than the emulated device gives a block (the launcher itself
+// returns a bare cudaErrorInvalidValue then).
+template <typename T, typename Launch>
+cudaError_t checked(const Geometry& g, kc::Call call, Launch&& launch) {
+  g_refusal = kc::shared_memory_shortfall<T>(g, call);
+  return g_refusal.empty() ? launch() : cudaErrorInvalidValue;
 }
 
 ForwardParams forward_params(const int64_t* g, int k, int act, double eps, const void* x, const void* weight,
@@ -85,6 +101,14 @@ int cme_welford_finalize(const float* partial, int slices, int C, float* mean, f
   return finish(kc::launch_welford_finalize(partial, slices, C, mean, var, nullptr));
 }
 
+// Why the kernels cannot run a block of kernel size k on the emulated device, or "".
+const char* cme_shared_memory_shortfall(int dtype, int k) {
+  static std::string why;
+  why.clear();
+  with_dtype(dtype, [&](auto t) { why = kc::shared_memory_shortfall<decltype(t)>(k); });
+  return why.c_str();
+}
+
 int64_t cme_forward_train_workspace(int dtype, const int64_t* g, int k) {
   int64_t bytes = -1;
   with_dtype(dtype, [&](auto t) { bytes = static_cast<int64_t>(kc::forward_train_workspace_bytes<decltype(t)>(geometry(g, k))); });
@@ -107,8 +131,10 @@ int cme_forward_eval(int dtype, int channels_last, const int64_t* g, int k, int 
   cudaError_t err = cudaErrorInvalidValue;
   with_dtype(dtype, [&](auto t) {
     using T = decltype(t);
-    err = channels_last ? kc::forward_eval<T, kc::Layout::kChannelsLast>(p, nullptr)
-                        : kc::forward_eval<T, kc::Layout::kNCHW>(p, nullptr);
+    err = checked<T>(p.g, kc::Call::kForwardEval, [&] {
+      return channels_last ? kc::forward_eval<T, kc::Layout::kChannelsLast>(p, nullptr)
+                           : kc::forward_eval<T, kc::Layout::kNCHW>(p, nullptr);
+    });
   });
   return finish(err);
 }
@@ -121,8 +147,10 @@ int cme_forward_train(int dtype, int channels_last, const int64_t* g, int k, int
   cudaError_t err = cudaErrorInvalidValue;
   with_dtype(dtype, [&](auto t) {
     using T = decltype(t);
-    err = channels_last ? kc::forward_train<T, kc::Layout::kChannelsLast>(p, workspace, nullptr)
-                        : kc::forward_train<T, kc::Layout::kNCHW>(p, workspace, nullptr);
+    err = checked<T>(p.g, kc::Call::kForwardTrain, [&] {
+      return channels_last ? kc::forward_train<T, kc::Layout::kChannelsLast>(p, workspace, nullptr)
+                           : kc::forward_train<T, kc::Layout::kNCHW>(p, workspace, nullptr);
+    });
   });
   return finish(err);
 }
@@ -141,8 +169,10 @@ int cme_backward(int dtype, int channels_last, const int64_t* g, int k, int act,
   cudaError_t err = cudaErrorInvalidValue;
   with_dtype(dtype, [&](auto t) {
     using T = decltype(t);
-    err = channels_last ? kc::backward<T, kc::Layout::kChannelsLast>(p, workspace, dh, nullptr)
-                        : kc::backward<T, kc::Layout::kNCHW>(p, workspace, dh, nullptr);
+    err = checked<T>(p.g, kc::Call::kBackward, [&] {
+      return channels_last ? kc::backward<T, kc::Layout::kChannelsLast>(p, workspace, dh, nullptr)
+                           : kc::backward<T, kc::Layout::kNCHW>(p, workspace, dh, nullptr);
+    });
   });
   return finish(err);
 }

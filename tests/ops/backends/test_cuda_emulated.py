@@ -5,7 +5,9 @@ runs on it: every kernel path against reference.py in float64 with poisoned outp
 both tile shapes, the generic k, many items per block), guard bands around every buffer,
 NaN/inf placement on the tensor-core path, and bitwise-equal results whatever order the
 threads and blocks run in (a missing barrier shows as a difference) and whatever depth the
-pipeline has. The emulator's own fault reports are checked on kernels with known faults.
+pipeline has; on a device of 99 KB per block every pass runs on tiles that fit, or the call
+is refused by name. The emulator's own fault reports are checked on kernels with known
+faults.
 
 What this cannot show: speed, and the tensor cores' own rounding; tests/ops/backends/test_cuda_gpu.py
 runs the same kernels on a GPU.
@@ -97,7 +99,9 @@ def test_pipeline_depth_and_order_give_the_same_bits(emulated, emulator, dtype, 
     inputs = make_inputs(Case(n=5, c=56, h=17, w=24, k=k, dtype=dtype, layout=layout))
     runs = [("a10", "ascending", 0), ("h100", "shuffled", 1), ("a100", "descending", 0)]
     if dtype == torch.float32:
-        runs = runs[1:]  # float32's dh pass needs 125 KB with one buffer, past an A10's 99 KB
+        # float32's 32 x 32 dh pass needs 119-129 KB with one buffer, past an A10's 99 KB: its
+        # backward takes 16 x 16 tiles there, which sum the weight gradient in another order
+        runs = runs[1:]
     results = []
     for device, order, seed in runs:
         emulator.configure(multiprocessors=1, device=device, order=order, seed=seed)
@@ -106,6 +110,56 @@ def test_pipeline_depth_and_order_give_the_same_bits(emulated, emulator, dtype, 
     for device, result in rest:
         for name in OUTPUTS:
             assert torch.equal(result[name], first[name]), f"{name}: {device} differs from {first_device}"
+
+
+# --------------------------------------------------------------------------- a device of little shared memory
+#
+# An A10 (sm_86, like sm_89: 100 KB per multiprocessor, 99 KB per block) holds neither
+# float32's 32 x 32 dh pass (119-129 KB with one buffer) nor float32's generic k = 31 passes
+# (99-121 KB). The planner takes 16 x 16 tiles for the first call; the second has no smaller
+# tile, and is refused by name (pass, bytes, limit) before anything launches: by the backend's
+# availability (so backend="auto" passes it by) and by the launchers. Never a bare launch
+# failure. 32 x 32 inputs of two images on one multiprocessor: 32 x 32 tiles where they fit.
+
+A10_PER_BLOCK = 99 * 1024
+
+
+@pytest.mark.parametrize("dtype", (torch.float32, torch.bfloat16), ids=lambda d: str(d)[6:])
+@pytest.mark.parametrize("k", (7, 9, 31))
+def test_every_pass_runs_or_is_refused_by_name_on_an_a10(emulated, emulator, dtype, k):
+    emulator.configure(multiprocessors=1, device="a10")
+    case = Case(n=2, c=8, h=32, w=32, k=k, dtype=dtype)
+    why = emulated.why_not_on_device(torch.device("cpu"), dtype, k)
+    if dtype == torch.float32 and k == 31:
+        refusal = rf"pass needs \d+ bytes of shared memory per block for float32 at k = 31 \(tiles of 16 x 16 x 8 " \
+                  rf"channels\), more than the {A10_PER_BLOCK} bytes a block may have on this GPU"
+        assert re.fullmatch(r"the training forward's stats " + refusal, why), why
+        for training in (False, True):
+            with pytest.raises(RuntimeError, match=f"backend 'cuda_emulated' cannot run here: {re.escape(why)}"):
+                run_block(make_inputs(case), training=training, backend=NAME, grads=True)
+        inp = make_inputs(case)
+        with pytest.raises(cuda_emulator.EmulatorError, match=r"^forward_eval: the eval forward's apply " + refusal):
+            emulated.forward_eval(inp.x, inp.weight, inp.bias, inp.gamma, inp.beta, inp.running_mean,
+                                  inp.running_var, 1e-5, "gelu")
+        with pytest.raises(cuda_emulator.EmulatorError, match=r"^backward: the backward's grad_sums " + refusal):
+            emulated.backward(inp.grad_out, inp.x, inp.weight, inp.bias, inp.gamma, inp.running_mean,
+                              inp.running_var, 1e-5, True, "gelu")
+    else:
+        assert why is None
+        for training in (False, True):
+            check_backend(make_inputs(case), NAME, training=training)
+
+
+def test_auto_passes_by_a_backend_the_device_cannot_run(emulated, emulator, monkeypatch):
+    from convmixer_kernels.ops import backends
+
+    monkeypatch.setitem(backends.PRIORITY, "cpu", (NAME, "cpu"))
+    emulator.configure(device="a10")
+    cpu = torch.device("cpu")
+    assert backends.resolve("auto", cpu, torch.float32, kernel_size=31) == "cpu"
+    assert backends.resolve("auto", cpu, torch.bfloat16, kernel_size=31) == NAME
+    emulator.configure(device="a100")
+    assert backends.resolve("auto", cpu, torch.float32, kernel_size=31) == NAME
 
 
 # --------------------------------------------------------------------------- NaN, inf, races

@@ -1,13 +1,15 @@
 """The `cuda` backend (csrc/cuda) on a GPU: the parity sweep of the CPU backends against
 reference.py in float64 with poisoned outputs, every kernel path (tensor-core and
 CUDA-core, 16-byte and element-wise staging, both tile shapes, the generic k, many items
-per block), agreement with the triton backend, run-to-run determinism, NaN/inf, CUDA graph
-capture, compute-sanitizer memcheck and racecheck, and the per-shape "auto" choice.
+per block, the tiles that fit the GPU's shared memory), agreement with the triton
+backend, run-to-run determinism, NaN/inf, CUDA graph capture, compute-sanitizer memcheck
+and racecheck, and the per-shape "auto" choice.
 
 Marked `gpu`; skipped without a CUDA GPU or without the CUDA kernels in the extension.
 """
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -114,6 +116,27 @@ def test_many_items_per_block(layout, hw):
         for name in ("y", "running_mean", "running_var") + (("dx", "dweight", "dgamma", "dbeta") if training else ()):
             if ref[name] is not None:
                 assert rel_err(out[name], ref[name]) < 2e-2, name
+
+
+@GPU_QUICK
+@pytest.mark.parametrize("dtype", (torch.float32, torch.bfloat16), ids=lambda d: str(d)[6:])
+@pytest.mark.parametrize("k", (7, 9, 31))
+def test_every_pass_runs_or_the_backend_says_which_does_not_fit(dtype, k):
+    # launch.cuh's planner takes tiles whose passes fit this GPU's shared memory (16 x 16 for
+    # float32's backward on sm_86/sm_89), or the backend names the pass that cannot (float32
+    # at k = 31 there): never a bare launch failure
+    from convmixer_kernels.ops import backends
+
+    why = backends.why_unavailable("cuda", torch.device("cuda"), dtype, kernel_size=k)
+    case = dict(n=2, c=16, h=32, w=32, k=k, dtype=dtype)
+    if why is None:
+        for training in (False, True):
+            check(case, training)
+    else:
+        assert dtype == torch.float32 and k == 31, why
+        assert re.search(r"pass needs \d+ bytes of shared memory per block .* more than the \d+ bytes", why), why
+        with pytest.raises(RuntimeError, match="backend 'cuda' cannot run here"):
+            run_block(make_inputs(Case(**case, device="cuda")), training=True, backend="cuda", grads=True)
 
 
 # --------------------------------------------------------------------------- agreement, determinism, NaN

@@ -89,6 +89,54 @@ def test_wavefronts_and_trips():
     assert sass_report.warp_trips(sass_report.lane_units(7, "nchw", "store_box"), 1) == 4
 
 
+def test_bank_wavefronts():
+    w = sass_report.bank_wavefronts
+    assert w([4 * l for l in range(32)], 4) == 1  # 32 consecutive words
+    assert w([0] * 32, 4) == 1  # one word, broadcast
+    assert w([128 * l for l in range(32)], 4) == 32  # one bank
+    assert w([128 * (l % 8) + 4 * (l // 8) for l in range(32)], 4) == 8  # 8 rows of 32 words, 4 lanes each
+    assert w([2 * l for l in range(32)], 2) == 1  # 16-bit elements: two per word
+    assert w([16 * l for l in range(32)], 16) == 4  # 16 bytes: a quarter warp per wavefront
+    assert w([8 * l for l in range(32)], 8) == 2
+
+
+_have_host_compiler = pytest.mark.skipif(shutil.which("g++") is None, reason="no g++")
+
+
+@_have_host_compiler
+def test_the_dh_scratch_is_free_of_bank_conflicts():
+    # every store of dh into the weight gradient's scratch and every A load from it is one
+    # wavefront (rows of 64 elements, as first written, put 8 lanes on each bank)
+    scratch = sass_report.dweight_scratch()
+    assert set(scratch) == {(tile, k) for tile in ("wide", "narrow") for k in (5, 7, 9)}
+    for (tile, k), (ops, tasks) in scratch.items():
+        assert tasks == 2
+        nb = 4 if tile == "wide" else 2
+        assert [kind for kind, _, _ in ops].count("sts") == 3 * 2 * nb  # 2 NB pairs: one 32-bit, two 16-bit stores
+        assert [kind for kind, _, _ in ops].count("lds") == 16 * (2 * ((8 * nb + 8) // 16) + 2)
+        for kind, width, addresses in ops:
+            assert sass_report.bank_wavefronts(addresses, width) == 1, (tile, k, kind, addresses)
+
+
+@_have_host_compiler
+def test_plans_fit_every_device():
+    # launch.cuh's planner on sm_90, sm_80 and sm_86 devices (228, 164, 100 KB per SM): 32 x 32
+    # tiles where they fit, 16 x 16 for float32's backward on sm_86, and refusals only for
+    # float32 at the largest generic kernel sizes on sm_86
+    plans = sass_report.plan_table()
+    for (dtype, k, call), by_arch in plans.items():
+        want = "generic" if k not in (3, 5, 7, 9) else "wide"
+        assert by_arch["sm_90"] == by_arch["sm_80"] == want, (dtype, k, call, by_arch)
+        if dtype == "16-bit":
+            assert by_arch["sm_86"] == want, (dtype, k, call, by_arch)
+        elif want == "wide":
+            assert by_arch["sm_86"] == ("narrow" if call == "backward" else "wide"), (dtype, k, call, by_arch)
+    refused = {(k, call) for (dtype, k, call), by_arch in plans.items() if ":" in by_arch["sm_86"]}
+    assert (31, "eval") in refused and (31, "train") in refused and (31, "backward") in refused
+    assert all(dtype == "float32" and k >= 26 for (dtype, k, call), by_arch in plans.items()
+               if ":" in by_arch["sm_86"])
+
+
 def _have_tools():
     try:
         for name in ("nvcc", "nvdisasm"):
