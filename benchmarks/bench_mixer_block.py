@@ -3,6 +3,7 @@ NCHW, eager channels_last and torch.compile, measured in the same run.
 
     python benchmarks/bench_mixer_block.py                 # default shapes on this machine's device
     python benchmarks/bench_mixer_block.py --device cuda   # GPU mode: CUDA events, rotated inputs
+    python benchmarks/bench_mixer_block.py --cpu-isa avx2  # as a CPU of that level sees it
 
 Each (mode, backend, dtype, layout, shape, k) appends one CSV row to
 benchmarks/results/<device>.csv; the markdown table benchmarks/results/<device>.md is
@@ -26,7 +27,38 @@ import subprocess
 import sys
 import time
 
-import torch
+# --cpu-isa LEVEL runs every contender as on a CPU of that level: our kernels at the level
+# (CONVMIXER_KERNELS_CPU_CAPABILITY), ATen's vectorized kernels and torch.compile's C++ code
+# (ATEN_CPU_CAPABILITY, which inductor follows), oneDNN's convolutions (ONEDNN_MAX_CPU_ISA)
+# and MKL's GEMM, the sgemm ceiling (MKL_ENABLE_INSTRUCTIONS). Limiting ours alone would
+# race an AVX2 kernel against AVX-512 eager, a machine that does not exist. The libraries
+# read these when torch loads, so the script runs itself again with them set.
+CPU_ISA_ENV = {
+    "baseline": {"ATEN_CPU_CAPABILITY": "default", "ONEDNN_MAX_CPU_ISA": "SSE41", "MKL_ENABLE_INSTRUCTIONS": "SSE4_2"},
+    "avx2": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"},
+    "avx512": {"ATEN_CPU_CAPABILITY": "avx512", "ONEDNN_MAX_CPU_ISA": "AVX512_CORE",
+               "MKL_ENABLE_INSTRUCTIONS": "AVX512"},
+}
+
+
+def _cpu_isa_environment(argv):
+    """The environment that runs argv's --cpu-isa level, or None where it is already set (or
+    none is asked for)."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--cpu-isa", choices=sorted(CPU_ISA_ENV))
+    level = pre.parse_known_args(argv)[0].cpu_isa
+    if level is None:
+        return None
+    want = dict(CPU_ISA_ENV[level], CONVMIXER_KERNELS_CPU_CAPABILITY=level)
+    if all(os.environ.get(k) == v for k, v in want.items()):
+        return None
+    return dict(os.environ, **want)
+
+
+if __name__ == "__main__" and (_env := _cpu_isa_environment(sys.argv[1:])) is not None:
+    os.execve(sys.executable, [sys.executable] + sys.argv, _env)
+
+import torch  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -48,7 +80,8 @@ def device_name(device: torch.device) -> str:
             cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    return f"{cpu} ({torch.get_num_threads()} threads, {cmk.cpu_capability()} kernels)"
+    limited = f", eager at {os.environ['ATEN_CPU_CAPABILITY']}" if "ATEN_CPU_CAPABILITY" in os.environ else ""
+    return f"{cpu} ({torch.get_num_threads()} threads, {cmk.cpu_capability()} kernels{limited})"
 
 
 def git_commit() -> str:
@@ -237,8 +270,12 @@ def main(argv=None):
     parser.add_argument("--baselines", default=None,
                         help="eager,compile,compile-max-autotune (default: all three on cuda; eager,compile "
                              "on cpu, where max-autotune takes minutes to tune on a small machine)")
+    parser.add_argument("--cpu-isa", choices=sorted(CPU_ISA_ENV), default=None,
+                        help="run every contender as on a CPU of this level (ours, ATen, torch.compile, oneDNN, MKL)")
     parser.add_argument("--out", default=None, help="CSV path (default benchmarks/results/<device>.csv)")
     args = parser.parse_args(argv)
+    if args.cpu_isa is not None and _cpu_isa_environment(argv if argv is not None else sys.argv[1:]) is not None:
+        parser.error(f"--cpu-isa {args.cpu_isa}: run the script itself (its environment is set before torch loads)")
 
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if args.device == "auto" else args.device))
