@@ -85,9 +85,11 @@ def device_name(device: torch.device) -> str:
 
 
 def git_commit() -> str:
+    """HEAD's short hash, with "-dirty" where tracked files differ from it (the rows then
+    measured code no commit holds)."""
     try:
-        return subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], text=True,
-                                       stderr=subprocess.DEVNULL).strip()
+        return subprocess.check_output(["git", "describe", "--always", "--dirty", "--abbrev=7"], text=True,
+                                       stderr=subprocess.DEVNULL, cwd=os.path.dirname(os.path.abspath(__file__))).strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
 

@@ -126,6 +126,34 @@ def test_channels_last_is_bitwise_equal_with_and_without_avx512():
                     assert torch.equal(value, results[1][name]), f"{name} ({dtype}, training={training})"
 
 
+
+@pytest.mark.parametrize("activation", ("gelu", "gelu_tanh"))
+def test_gelu_tables_agree_between_avx2_and_avx512_in_every_interval(activation):
+    # The float GELUs read 32-interval tables: a two-register permute on AVX-512, four
+    # permutes and three blends on AVX2 (activations.h). With k = 1 and a unit weight, h = x
+    # runs through every interval, its edges (-6 + 0.375 i) and past +-6, where random inputs
+    # rarely go; the forward (Cdf table) and the input gradient (Pdf table) must agree to the
+    # bit. channels_last, so the vector width changes nothing else.
+    if not {"avx2", "avx512"} <= set(RUNNABLE):
+        pytest.skip("needs a CPU that runs both the avx2 and the avx512 level")
+    edges = torch.arange(-17, 18, dtype=torch.float64) * 0.375
+    values = torch.cat([torch.linspace(-8, 8, 4001, dtype=torch.float64), edges, edges.nextafter(edges + 1),
+                        edges.nextafter(edges - 1)]).float()
+    c, hw = 16, 16
+    n = -(-values.numel() // (c * hw * hw))
+    x = torch.cat([values, values[: n * c * hw * hw - values.numel()]]).reshape(n, c, hw, hw)
+    inputs = make_inputs(Case(n=n, c=c, h=hw, w=hw, k=1, activation=activation, layout="channels_last"))
+    inputs.x = x.contiguous(memory_format=torch.channels_last)
+    inputs.weight = torch.ones_like(inputs.weight)
+    inputs.bias = torch.zeros_like(inputs.bias)
+    inputs.grad_out = torch.randn(x.shape).contiguous(memory_format=torch.channels_last)
+    results = []
+    for level in ("avx2", "avx512"):
+        with cpu_level(level):
+            results.append(run_block(inputs, training=False, backend="cpu", grads=True))
+    for name in ("y", "dx"):
+        assert torch.equal(results[0][name], results[1][name]), name
+
 # The portability check: the whole extension, built on this machine, loads and computes
 # on an older CPU emulated by qemu's user mode, at the level that CPU supports. A stray
 # AVX-512 (or AVX) instruction outside the dispatched kernels, an inline function of one
