@@ -85,11 +85,14 @@ def device_name(device: torch.device) -> str:
 
 
 def git_commit() -> str:
-    """HEAD's short hash, with "-dirty" where tracked files differ from it (the rows then
-    measured code no commit holds)."""
+    """HEAD's short hash, with "-dirty" where tracked files other than the results differ
+    from it (the rows then measured code no commit holds)."""
+    def git(*args):
+        return subprocess.check_output(["git", *args], text=True, stderr=subprocess.DEVNULL,
+                                       cwd=os.path.dirname(os.path.abspath(__file__))).strip()
     try:
-        return subprocess.check_output(["git", "describe", "--always", "--dirty", "--abbrev=7"], text=True,
-                                       stderr=subprocess.DEVNULL, cwd=os.path.dirname(os.path.abspath(__file__))).strip()
+        changed = git("status", "--porcelain", "--untracked-files=no", "--", ":/", ":(exclude,top)benchmarks/results")
+        return git("rev-parse", "--short", "HEAD") + ("-dirty" if changed else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
 
