@@ -193,3 +193,29 @@ def test_opcheck(training):
 def test_errors_name_the_argument(call, message):
     with pytest.raises((ValueError, TypeError, RuntimeError), match=message):
         call(torch.randn(7, 6), torch.randn(5, 6))
+
+
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+@pytest.mark.parametrize("training", (False, True), ids=("eval", "train"))
+def test_nan_and_inf_land_where_eager_puts_them(training, activation):
+    # +-inf and NaN in x, through a CPU float32 GEMM (oneDNN's) and ATen's activation: y, dx
+    # and dweight have NaN and inf where float64 eager puts them and are finite elsewhere.
+    # One exception, ATen's own: its vectorized float32 GELU gives NaN at +inf (its scalar
+    # tail +inf), and the epilogue runs ATen's GELU, as eager's modules do.
+    _, tensors, _ = make((2, 6, 5, 5, 7, 1, "channels_last"), torch.float32)
+    x = tensors["x"].clone()
+    x[0, 1, 2, 3], x[1, 4, 0, 0], x[1, 0, 4, 4] = float("inf"), float("-inf"), float("nan")
+    tensors["x"] = x
+    grad_out = torch.randn(2, 7, 5, 5, dtype=torch.float64)
+    out = run(tensors, torch.float32, training=training, activation=activation, fn=fused, grad_out=grad_out)
+    ref = run(tensors, torch.float64, training=training, activation=activation, fn=reference, grad_out=grad_out)
+    for what in ("y", "dx", "dweight"):
+        got, want = out[what].double(), ref[what]
+        aten_gelu_inf = want.isnan() if what != "y" else want == float("inf")
+        loose = aten_gelu_inf if activation == "gelu" else torch.zeros_like(want, dtype=torch.bool)
+        assert torch.equal(got.isfinite(), want.isfinite() & ~(loose & got.isnan())), what
+        assert torch.equal(got[~loose].isnan(), want[~loose].isnan()), what
+        assert torch.equal(got[~loose].isinf(), want[~loose].isinf()), what
+    assert not out["y"].isfinite().all()
+    if not training:  # in training the batch statistics carry a NaN to every row
+        assert out["y"].isfinite().any()
