@@ -14,7 +14,7 @@ the normalized activation from z and the statistics. The eval op keeps nothing a
 backward (frozen-BN fine-tuning) recomputes z with one more GEMM.
 
 Backends: "blocked" (ops/gemm_epilogue_blocked.py: torch's GEMM over row blocks with the
-epilogue in cache; any device) and "triton" (convmixer_kernels/triton/gemm_epilogue.py:
+epilogue in cache, or oneDNN's GEMM whole for CPU float32; any device) and "triton" (convmixer_kernels/triton/gemm_epilogue.py:
 one Triton matmul with the epilogue in its last pass; CUDA). "auto" is "blocked" for now
 on every device: the Triton kernel is tested under the interpreter only and has not been
 timed on a GPU.
