@@ -40,12 +40,16 @@ void check_launch(cudaError_t err, const char* op) {
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-// Refuses a call whose kernels cannot launch on the current device (a pass needs more
-// shared memory than a block may have), naming the pass and both sizes.
+// check_launch for a launcher of `call`: a launcher refuses a call whose kernels need more
+// shared memory than the device gives a block with a bare cudaErrorInvalidValue, before
+// launching anything; only then is the call planned again, for the pass and both sizes.
 template <typename T>
-void check_fits(const Geometry& g, cuda::Call call, const char* op) {
-  const std::string why = cuda::shared_memory_shortfall<T>(g, call);
-  TORCH_CHECK(why.empty(), op, ": ", why);
+void check_launch(cudaError_t err, const Geometry& g, cuda::Call call, const char* op) {
+  if (err == cudaErrorInvalidValue) {
+    const std::string why = cuda::shared_memory_shortfall<T>(g, call);
+    TORCH_CHECK(why.empty(), op, ": ", why);
+  }
+  check_launch(err, op);
 }
 
 at::Tensor workspace(size_t bytes, const at::Tensor& x) {
@@ -64,10 +68,9 @@ at::Tensor forward_eval_cuda(const at::Tensor& x, const at::Tensor& weight, cons
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(x.device().index()).stream();
   dispatch_cuda_dtype(x, op, [&](auto tag) {
     using T = KernelType<decltype(tag)::value>;
-    check_fits<T>(call.params.g, cuda::Call::kForwardEval, op);
-    check_launch(uses_channels_last_kernels(x) ? cuda::forward_eval<T, cuda::Layout::kChannelsLast>(call.params, stream)
+    check_launch<T>(uses_channels_last_kernels(x) ? cuda::forward_eval<T, cuda::Layout::kChannelsLast>(call.params, stream)
                                   : cuda::forward_eval<T, cuda::Layout::kNCHW>(call.params, stream),
-                 op);
+                 call.params.g, cuda::Call::kForwardEval, op);
   });
   return call.y;
 }
@@ -84,12 +87,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_train_cuda(
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(x.device().index()).stream();
   dispatch_cuda_dtype(x, op, [&](auto tag) {
     using T = KernelType<decltype(tag)::value>;
-    check_fits<T>(call.params.g, cuda::Call::kForwardTrain, op);
     const at::Tensor ws = workspace(cuda::forward_train_workspace_bytes<T>(call.params.g), x);
-    check_launch(uses_channels_last_kernels(x)
+    check_launch<T>(uses_channels_last_kernels(x)
                      ? cuda::forward_train<T, cuda::Layout::kChannelsLast>(call.params, ws.data_ptr(), stream)
                      : cuda::forward_train<T, cuda::Layout::kNCHW>(call.params, ws.data_ptr(), stream),
-                 op);
+                 call.params.g, cuda::Call::kForwardTrain, op);
   });
   return {call.y, call.mean, call.var};
 }
@@ -105,14 +107,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(x.device().index()).stream();
   dispatch_cuda_dtype(x, op, [&](auto tag) {
     using T = KernelType<decltype(tag)::value>;
-    check_fits<T>(call.params.g, cuda::Call::kBackward, op);
     const at::Tensor ws = workspace(cuda::backward_workspace_bytes<T>(call.params.g, batch_stats), x);
     at::Tensor dh = at::empty_like(x);  // x's strides: the kernels read it back with its halo
-    check_launch(uses_channels_last_kernels(x) ? cuda::backward<T, cuda::Layout::kChannelsLast>(call.params, ws.data_ptr(),
+    check_launch<T>(uses_channels_last_kernels(x) ? cuda::backward<T, cuda::Layout::kChannelsLast>(call.params, ws.data_ptr(),
                                                                                    dh.data_ptr(), stream)
                                   : cuda::backward<T, cuda::Layout::kNCHW>(call.params, ws.data_ptr(),
                                                                            dh.data_ptr(), stream),
-                 op);
+                 call.params.g, cuda::Call::kBackward, op);
   });
   return {call.dx, call.dweight, call.dbias, call.dgamma, call.dbeta};
 }

@@ -40,7 +40,7 @@ void with_dtype(int dtype, F&& f) {
   }
 }
 
-std::string g_refusal;  // why `checked` refused the call now finishing
+std::string g_refusal;  // why `explained` says the call now finishing was refused
 
 int finish(cudaError_t err) {
   const std::string message = cuda_emu::take_message();
@@ -53,13 +53,13 @@ int finish(cudaError_t err) {
   return static_cast<int>(err);
 }
 
-// A launcher's call, refused first, as csrc/cuda/binding.cpp refuses it, where its kernels
-// need more shared memory than the emulated device gives a block (the launcher itself
-// returns a bare cudaErrorInvalidValue then).
-template <typename T, typename Launch>
-cudaError_t checked(const Geometry& g, kc::Call call, Launch&& launch) {
-  g_refusal = kc::shared_memory_shortfall<T>(g, call);
-  return g_refusal.empty() ? launch() : cudaErrorInvalidValue;
+// A launcher's result: where it is the bare cudaErrorInvalidValue with which a launcher
+// refuses a call whose kernels need more shared memory than the emulated device gives a
+// block, the reason, as csrc/cuda/binding.cpp's check_launch gives it.
+template <typename T>
+cudaError_t explained(cudaError_t err, const Geometry& g, kc::Call call) {
+  if (err == cudaErrorInvalidValue) g_refusal = kc::shared_memory_shortfall<T>(g, call);
+  return err;
 }
 
 ForwardParams forward_params(const int64_t* g, int k, int act, double eps, const void* x, const void* weight,
@@ -131,10 +131,9 @@ int cme_forward_eval(int dtype, int channels_last, const int64_t* g, int k, int 
   cudaError_t err = cudaErrorInvalidValue;
   with_dtype(dtype, [&](auto t) {
     using T = decltype(t);
-    err = checked<T>(p.g, kc::Call::kForwardEval, [&] {
-      return channels_last ? kc::forward_eval<T, kc::Layout::kChannelsLast>(p, nullptr)
-                           : kc::forward_eval<T, kc::Layout::kNCHW>(p, nullptr);
-    });
+    err = explained<T>(channels_last ? kc::forward_eval<T, kc::Layout::kChannelsLast>(p, nullptr)
+                                     : kc::forward_eval<T, kc::Layout::kNCHW>(p, nullptr),
+                       p.g, kc::Call::kForwardEval);
   });
   return finish(err);
 }
@@ -147,10 +146,9 @@ int cme_forward_train(int dtype, int channels_last, const int64_t* g, int k, int
   cudaError_t err = cudaErrorInvalidValue;
   with_dtype(dtype, [&](auto t) {
     using T = decltype(t);
-    err = checked<T>(p.g, kc::Call::kForwardTrain, [&] {
-      return channels_last ? kc::forward_train<T, kc::Layout::kChannelsLast>(p, workspace, nullptr)
-                           : kc::forward_train<T, kc::Layout::kNCHW>(p, workspace, nullptr);
-    });
+    err = explained<T>(channels_last ? kc::forward_train<T, kc::Layout::kChannelsLast>(p, workspace, nullptr)
+                                     : kc::forward_train<T, kc::Layout::kNCHW>(p, workspace, nullptr),
+                       p.g, kc::Call::kForwardTrain);
   });
   return finish(err);
 }
@@ -169,10 +167,9 @@ int cme_backward(int dtype, int channels_last, const int64_t* g, int k, int act,
   cudaError_t err = cudaErrorInvalidValue;
   with_dtype(dtype, [&](auto t) {
     using T = decltype(t);
-    err = checked<T>(p.g, kc::Call::kBackward, [&] {
-      return channels_last ? kc::backward<T, kc::Layout::kChannelsLast>(p, workspace, dh, nullptr)
-                           : kc::backward<T, kc::Layout::kNCHW>(p, workspace, dh, nullptr);
-    });
+    err = explained<T>(channels_last ? kc::backward<T, kc::Layout::kChannelsLast>(p, workspace, dh, nullptr)
+                                     : kc::backward<T, kc::Layout::kNCHW>(p, workspace, dh, nullptr),
+                       p.g, kc::Call::kBackward);
   });
   return finish(err);
 }
